@@ -1,0 +1,204 @@
+"""``mailgate``: argparse and thin calls into the library.
+
+Every command takes ``-c CONFIG`` (before or after the command word), exits 0 on
+success and non-zero with a one-line reason on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway.config import DEFAULT_CONFIG, Config, ConfigError, check_ports_free, load_config
+from gateway.directory.mailboxes import KINDS, Directory, DirectoryError
+from gateway.directory.passwords import generate_password
+from gateway.events.search import Query, format_event, parse_time, purge, search
+from gateway.events.writer import EventLog
+
+
+class CommandError(Exception):
+    """A failure to report as one line on stderr, exit status 1."""
+
+
+def _config(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(Path(args.config))
+    except ConfigError as exc:
+        raise CommandError(
+            f"invalid config {args.config}: {exc.problems[0]}"
+            + (
+                f" (and {len(exc.problems) - 1} more; run check-config)"
+                if len(exc.problems) > 1
+                else ""
+            )
+        ) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.runtime import run
+
+    return run(args.config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(Path(args.config))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}")
+        print(f"{args.config}: {len(exc.problems)} problem(s)")
+        return 1
+    problems = [] if args.skip_bind else check_ports_free(config)
+    for problem in problems:
+        print(f"error: {problem}")
+    if problems:
+        print(f"{args.config}: {len(problems)} problem(s)")
+        return 1
+    print(f"{args.config}: OK")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Create what the shipped config needs on a fresh machine: folders and a TLS pair."""
+    from gateway.tls import write_self_signed
+
+    path = Path(args.config)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CommandError(f"cannot read {path}: {exc}") from None
+    smtp, gateway = raw.get("smtp", {}), raw.get("gateway", {})
+    base = path.resolve().parent
+    cert, key = smtp.get("tls_cert"), smtp.get("tls_key")
+    if cert and key and not (base / cert).exists() and not (base / key).exists():
+        write_self_signed(base / cert, base / key, gateway.get("hostname", "localhost"))
+        print(f"wrote a self-signed certificate to {base / cert} (key {base / key}, mode 0600)")
+    config = _config(args)
+    for folder in (config.gateway.data_dir, config.log.dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    print(f"{path}: ready")
+    return 0
+
+
+def cmd_mailbox_add(args: argparse.Namespace) -> int:
+    config = _config(args)
+    password = args.password or generate_password(args.address)
+    directory = Directory.for_data_dir(config.gateway.data_dir)
+    try:
+        mailbox = directory.add(args.address, args.name, args.kind, password)
+    except DirectoryError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        directory.close()
+    EventLog(config.log.dir).emit(
+        "mailbox_added", user=mailbox.address, reason=f"kind {mailbox.kind}"
+    )
+    print(f"created {mailbox.address}")
+    if not args.password:
+        print(f"password: {password}")
+    return 0
+
+
+def cmd_logs_search(args: argparse.Namespace) -> int:
+    config = _config(args)
+    try:
+        query = Query(
+            since=parse_time(args.since) if args.since else None,
+            until=parse_time(args.until, end_of_day=True) if args.until else None,
+            sender=args.sender,
+            recipient=args.recipient,
+            message_id=args.message_id,
+            event=args.event,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    for record in search(config.log.dir, query):
+        line = json.dumps(record, ensure_ascii=False) if args.json else format_event(record)
+        print(line)
+    return 0
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    config = _config(args)
+    try:
+        now = parse_time(args.now) if args.now else datetime.now(UTC)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    removed = purge(config.log.dir, now, config.log.retention_days)
+    EventLog(config.log.dir).emit(
+        "log_purged",
+        reason=f"retention {config.log.retention_days} days",
+        files=[p.name for p in removed] or None,
+    )
+    print(f"log retention: removed {len(removed)} day file(s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c", "--config", default=argparse.SUPPRESS, help=f"config file (default {DEFAULT_CONFIG})"
+    )
+    parser = argparse.ArgumentParser(
+        prog="mailgate", description="SMTP/IMAP gateway for official mail", parents=[common]
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        sub: argparse._SubParsersAction, name: str, handler: Callable, help_text: str
+    ) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        command.set_defaults(handler=handler)
+        return command
+
+    add(commands, "serve", cmd_serve, "run the SMTP listeners until SIGTERM; SIGHUP reloads")
+    check = add(commands, "check-config", cmd_check_config, "validate the config, naming each key")
+    check.add_argument(
+        "--skip-bind",
+        action="store_true",
+        help="do not test whether listen ports are free (to check a running gateway's config)",
+    )
+    add(commands, "init", cmd_init, "create data folders and a self-signed TLS pair if missing")
+
+    mailbox = commands.add_parser("mailbox", help="manage mailboxes").add_subparsers(
+        dest="mailbox_command", required=True, metavar="ACTION"
+    )
+    mailbox_add = add(mailbox, "add", cmd_mailbox_add, "create a mailbox")
+    mailbox_add.add_argument("address")
+    mailbox_add.add_argument("--name", required=True, help="full name")
+    mailbox_add.add_argument("--kind", choices=KINDS, default="personal")
+    mailbox_add.add_argument("--password", help="initial password (default: generated, printed)")
+
+    logs = commands.add_parser("logs", help="event log").add_subparsers(
+        dest="logs_command", required=True, metavar="ACTION"
+    )
+    logs_search = add(logs, "search", cmd_logs_search, "find events")
+    for option in ("--since", "--until", "--sender", "--recipient", "--message-id", "--event"):
+        logs_search.add_argument(option)
+    logs_search.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    maintenance = add(commands, "maintenance", cmd_maintenance, "apply log retention")
+    maintenance.add_argument("--now", help="act as of this day (YYYY-MM-DD)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not hasattr(args, "config"):
+        args.config = str(DEFAULT_CONFIG)
+    try:
+        return args.handler(args)
+    except CommandError as exc:
+        print(f"mailgate: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

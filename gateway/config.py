@@ -1,0 +1,397 @@
+"""TOML config -> frozen dataclasses. All validation lives here.
+
+Every mistake is collected in one pass and named by its key with the fix, so an
+operator sees the whole list at once; unknown keys are errors because a typo
+must never silently switch a policy off.
+"""
+
+from __future__ import annotations
+
+import difflib
+import errno
+import socket
+import ssl
+import tomllib
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = Path("config/gateway.toml")
+
+
+class ConfigError(Exception):
+    """A config that must not be used; ``problems`` holds one line per mistake."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryTarget:
+    """Where a class of recipients goes: ``maildir:PATH``, ``lmtp://H:P`` or ``smtp://H:P``."""
+
+    scheme: str
+    host: str = ""
+    port: int = 0
+    path: Path | None = None
+
+    def __str__(self) -> str:
+        if self.scheme == "maildir":
+            return f"maildir:{self.path}"
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+def _opt(kind: str, default: Any = MISSING, doc: str = "") -> Any:
+    """A config field: ``kind`` picks the parser, ``doc`` feeds error hints."""
+    meta = {"kind": kind, "doc": doc}
+    if default is MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySection:
+    hostname: str = _opt("hostname")
+    domains: tuple[str, ...] = _opt("domains")
+    data_dir: Path = _opt("path")
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSection:
+    inbound_listen: ListenAddress = _opt("listen")
+    submission_listen: ListenAddress = _opt("listen")
+    submission_tls_listen: ListenAddress | None = _opt("listen", None)
+    require_tls_for_auth: bool = _opt("bool", True)
+    tls_cert: Path | None = _opt("file", None)
+    tls_key: Path | None = _opt("file", None)
+    max_message_size: int = _opt("size", 31_457_280, "bytes on the wire (SIZE)")
+    max_line_length: int = _opt("size", 1000, "bytes per line incl. CRLF (RFC 5321: 1000)")
+    max_header_lines: int = _opt("count", 1000)
+    max_header_bytes: int = _opt("size", 1_048_576)
+    max_recipients: int = _opt("count", 1000)
+    idle_timeout: float = _opt("seconds", 300.0)
+    transaction_timeout: float = _opt("seconds", 900.0)
+    max_connections: int = _opt("count", 500)
+    max_connections_per_client: int = _opt("count", 50)
+    max_errors: int = _opt("count", 20, "protocol errors before the session is closed")
+    spill_threshold: int = _opt("size", 1_048_576, "bytes kept in memory before DATA spills")
+
+
+@dataclass(frozen=True, slots=True)
+class ImapSection:
+    listen: ListenAddress = _opt("listen")
+    upstream: ListenAddress = _opt("listen")
+    upstream_master_user: str = _opt("str")
+    upstream_master_password_file: Path = _opt("file")
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySection:
+    local: DeliveryTarget = _opt("target")
+    outbound: DeliveryTarget = _opt("target")
+    timeout: float = _opt("seconds", 120.0, "per SMTP/LMTP command")
+    connections_per_host: int = _opt("count", 8, "idle connections kept per next hop")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSection:
+    lifetime_hours: float = _opt("hours", 120.0, "then the sender gets a bounce")
+    retry_min_seconds: float = _opt("seconds", 60.0)
+    retry_max_seconds: float = _opt("seconds", 3600.0)
+    scan_interval_seconds: float = _opt("seconds", 5.0)
+
+
+@dataclass(frozen=True, slots=True)
+class LogSection:
+    dir: Path = _opt("path")
+    retention_days: int = _opt("count", 183)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    gateway: GatewaySection
+    smtp: SmtpSection
+    delivery: DeliverySection
+    log: LogSection
+    queue: QueueSection
+    imap: ImapSection | None = None
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.gateway.data_dir / "spool"
+
+    def is_local(self, address: str) -> bool:
+        """True when the address's domain is one of ours (case-insensitive)."""
+        _, _, domain = address.rpartition("@")
+        return domain.lower() in self.gateway.domains
+
+
+_SECTIONS: dict[str, tuple[type, bool]] = {
+    "gateway": (GatewaySection, True),
+    "smtp": (SmtpSection, True),
+    "imap": (ImapSection, False),
+    "delivery": (DeliverySection, True),
+    "queue": (QueueSection, False),
+    "log": (LogSection, True),
+}
+
+
+class _Reader:
+    """Parses raw TOML values by kind, noting problems instead of stopping at the first."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.problems: list[str] = []
+
+    def fail(self, key: str, message: str) -> None:
+        self.problems.append(f"{key}: {message}")
+
+    def path(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.base / path)
+
+    def parse(self, key: str, kind: str, doc: str, raw: Any) -> Any:
+        parser = getattr(self, f"_{kind}")
+        return parser(key, raw, doc)
+
+    def _str(self, key: str, raw: Any, doc: str) -> Any:
+        if not isinstance(raw, str) or not raw:
+            self.fail(key, f"expected a non-empty string, got {raw!r}")
+            return None
+        return raw
+
+    def _hostname(self, key: str, raw: Any, doc: str) -> Any:
+        value = self._str(key, raw, doc)
+        if value is not None and (" " in value or "." not in value):
+            self.fail(key, f"expected a fully qualified host name, got {raw!r}")
+        return value
+
+    def _domains(self, key: str, raw: Any, doc: str) -> Any:
+        if not isinstance(raw, list) or not raw or not all(isinstance(d, str) for d in raw):
+            self.fail(
+                key, f'expected a non-empty list of domains, got {raw!r}; write ["example.gov.vn"]'
+            )
+            return ()
+        bad = [d for d in raw if not d or "@" in d or " " in d or "." not in d]
+        if bad:
+            self.fail(key, f"not a domain: {', '.join(map(repr, bad))}")
+        return tuple(d.lower().rstrip(".") for d in raw)
+
+    def _path(self, key: str, raw: Any, doc: str) -> Any:
+        value = self._str(key, raw, doc)
+        return None if value is None else self.path(value)
+
+    def _file(self, key: str, raw: Any, doc: str) -> Any:
+        path = self._path(key, raw, doc)
+        if path is None:
+            return None
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            self.fail(key, f"cannot read {path}: {exc.strerror}; fix the path or its permissions")
+        return path
+
+    def _bool(self, key: str, raw: Any, doc: str) -> Any:
+        if not isinstance(raw, bool):
+            self.fail(key, f"expected true or false, got {raw!r}")
+        return raw
+
+    def _number(self, key: str, raw: Any, unit: str, integer: bool) -> Any:
+        ok = isinstance(raw, int) if integer else isinstance(raw, int | float)
+        if isinstance(raw, bool) or not ok or raw <= 0:
+            hint = f"; write a positive {'integer' if integer else 'number'} of {unit}"
+            self.fail(key, f"expected a positive number ({unit}), got {raw!r}{hint}")
+            return None
+        return raw if integer else float(raw)
+
+    def _size(self, key: str, raw: Any, doc: str) -> Any:
+        return self._number(key, raw, "bytes", True)
+
+    def _count(self, key: str, raw: Any, doc: str) -> Any:
+        return self._number(key, raw, "items", True)
+
+    def _seconds(self, key: str, raw: Any, doc: str) -> Any:
+        return self._number(key, raw, "seconds", False)
+
+    def _hours(self, key: str, raw: Any, doc: str) -> Any:
+        return self._number(key, raw, "hours", False)
+
+    def _listen(self, key: str, raw: Any, doc: str) -> Any:
+        value = self._str(key, raw, doc)
+        if value is None:
+            return None
+        address = parse_host_port(value)
+        if address is None:
+            self.fail(key, f'expected "HOST:PORT" with a port 1-65535, got {raw!r}')
+        return address
+
+    def _target(self, key: str, raw: Any, doc: str) -> Any:
+        value = self._str(key, raw, doc)
+        if value is None:
+            return None
+        if value.startswith("maildir:"):
+            rest = value.removeprefix("maildir:")
+            if not rest:
+                self.fail(key, 'maildir needs a folder, e.g. "maildir:var/mail"')
+                return None
+            return DeliveryTarget("maildir", path=self.path(rest))
+        scheme, sep, rest = value.partition("://")
+        address = parse_host_port(rest.rstrip("/")) if sep else None
+        if scheme not in ("lmtp", "smtp") or address is None:
+            self.fail(
+                key,
+                f'expected "maildir:PATH", "lmtp://HOST:PORT" or "smtp://HOST:PORT", got {raw!r}',
+            )
+            return None
+        return DeliveryTarget(scheme, address.host, address.port)
+
+
+def parse_host_port(text: str) -> ListenAddress | None:
+    """``host:port`` or ``[v6]:port``; None when malformed."""
+    host, sep, port_text = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port_text.isdigit():
+        return None
+    port = int(port_text)
+    return ListenAddress(host, port) if 0 < port < 65536 else None
+
+
+def _read_section(reader: _Reader, name: str, cls: type, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        reader.fail(name, f"expected a [{name}] table")
+        return None
+    known = {f.name: f for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f'; did you mean "{close[0]}"?' if close else f"; known keys: {', '.join(known)}"
+            reader.fail(f"{name}.{key}", f"unknown key{hint}")
+    values: dict[str, Any] = {}
+    for f in known.values():
+        key = f"{name}.{f.name}"
+        if f.name in raw:
+            values[f.name] = reader.parse(key, f.metadata["kind"], f.metadata["doc"], raw[f.name])
+        elif f.default is MISSING:
+            reader.fail(key, "missing; this key is required (see README, config reference)")
+        else:
+            values[f.name] = f.default
+    return values
+
+
+def parse_config(data: dict[str, Any], path: Path) -> Config:
+    """Validate parsed TOML; raises ConfigError listing every mistake."""
+    reader = _Reader(path.parent)
+    for name in data:
+        if name not in _SECTIONS:
+            close = difflib.get_close_matches(name, _SECTIONS, n=1)
+            hint = f'; did you mean "[{close[0]}]"?' if close else ""
+            reader.fail(name, f"unknown section{hint}; known: {', '.join(_SECTIONS)}")
+    sections: dict[str, Any] = {}
+    for name, (cls, required) in _SECTIONS.items():
+        if name in data:
+            sections[name] = _read_section(reader, name, cls, data[name])
+        elif required:
+            reader.fail(name, f"missing section [{name}]")
+        else:
+            sections[name] = None if name == "imap" else {}
+    _check_relations(reader, sections)
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    built = {
+        name: (_SECTIONS[name][0](**values) if values is not None else None)
+        for name, values in sections.items()
+    }
+    return Config(path=path, **built)
+
+
+def _check_relations(reader: _Reader, sections: dict[str, Any]) -> None:
+    """Rules that span keys: TLS pairs, TLS before AUTH, listeners that collide, retry bounds."""
+    smtp = sections.get("smtp") or {}
+    cert, key = smtp.get("tls_cert"), smtp.get("tls_key")
+    if (cert is None) != (key is None):
+        reader.fail("smtp.tls_cert", "tls_cert and tls_key must be given together")
+    elif cert is not None and not any(p.startswith("smtp.tls_") for p in reader.problems):
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            reader.fail("smtp.tls_cert", f"cannot load the certificate/key pair: {exc}")
+    tls_broken = any(p.startswith("smtp.tls_") for p in reader.problems)
+    if smtp and smtp.get("require_tls_for_auth") is True and cert is None and not tls_broken:
+        reader.fail(
+            "smtp.require_tls_for_auth",
+            "true, but no smtp.tls_cert/tls_key is set; add them (or set false for loopback tests)",
+        )
+    if smtp.get("submission_tls_listen") and cert is None:
+        reader.fail(
+            "smtp.submission_tls_listen", "implicit TLS needs smtp.tls_cert and smtp.tls_key"
+        )
+    listeners = [
+        (f"smtp.{k}", smtp.get(k))
+        for k in ("inbound_listen", "submission_listen", "submission_tls_listen")
+    ]
+    imap = sections.get("imap")
+    if imap:
+        listeners.append(("imap.listen", imap.get("listen")))
+    seen: dict[ListenAddress, str] = {}
+    for key_name, address in listeners:
+        if address is None:
+            continue
+        if address in seen:
+            reader.fail(key_name, f"{address} is also used by {seen[address]}; pick another port")
+        seen[address] = key_name
+    queue = sections.get("queue") or {}
+    low, high = queue.get("retry_min_seconds"), queue.get("retry_max_seconds")
+    if low is not None and high is not None and low > high:
+        reader.fail("queue.retry_min_seconds", f"{low} is above queue.retry_max_seconds ({high})")
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the TOML file at ``path``."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    return parse_config(data, path.resolve())
+
+
+def listeners(config: Config) -> list[tuple[str, ListenAddress]]:
+    """Every socket ``serve`` binds, with the key that configures it."""
+    found = [
+        ("smtp.inbound_listen", config.smtp.inbound_listen),
+        ("smtp.submission_listen", config.smtp.submission_listen),
+    ]
+    if config.smtp.submission_tls_listen:
+        found.append(("smtp.submission_tls_listen", config.smtp.submission_tls_listen))
+    return found
+
+
+def check_ports_free(config: Config) -> list[str]:
+    """Problems for listen addresses that cannot be bound now (in use, not ours)."""
+    problems = []
+    for key, address in listeners(config):
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address.host, address.port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    why = "already in use; stop the other process or choose another port"
+                else:
+                    why = f"cannot listen there: {exc.strerror}"
+                problems.append(f"{key}: {address} {why}")
+    return problems

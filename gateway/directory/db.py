@@ -1,0 +1,58 @@
+"""SQLite storage for the directory: one file under ``data_dir``, WAL, versioned schema.
+
+Only ``gateway/directory`` runs SQL. Migrations are applied in order at open, each
+in its own transaction, so ``serve`` and the CLI can open the same file at any
+version and agree on it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+MIGRATIONS: list[str] = [
+    # 1: mailboxes, enough for SMTP AUTH; the directory issue extends this table.
+    """
+    CREATE TABLE mailboxes (
+        address       TEXT PRIMARY KEY COLLATE NOCASE,
+        full_name     TEXT NOT NULL,
+        kind          TEXT NOT NULL DEFAULT 'personal',
+        state         TEXT NOT NULL DEFAULT 'active',
+        password_hash TEXT,
+        must_change   INTEGER NOT NULL DEFAULT 0,
+        created_at    TEXT NOT NULL,
+        last_access   TEXT
+    );
+    """,
+]
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) and migrate the database at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    migrate(conn)
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations; returns the schema version now in force."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            if current < number:  # another process may have migrated meanwhile
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)

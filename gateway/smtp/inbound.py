@@ -1,0 +1,20 @@
+"""The inbound listener: mail from other MTAs, for our own domains only, no AUTH."""
+
+from __future__ import annotations
+
+from aiosmtpd.smtp import Session
+
+from gateway.smtp import replies
+from gateway.smtp.handler import SessionHandler
+from gateway.smtp.replies import Reply
+
+
+class InboundHandler(SessionHandler):
+    """Accepts only local-domain recipients: anything else would make us an open relay."""
+
+    listener = "inbound"
+
+    def check_recipient(self, session: Session, address: str) -> Reply | None:
+        if not self.runtime.config.is_local(address):
+            return replies.RELAY_DENIED.with_rule("relay", "not a local domain")
+        return None

@@ -1,0 +1,71 @@
+"""Every SMTP reply the gateway gives, as named constants (code + enhanced status).
+
+Tests import these instead of copying strings, and a refusal always carries the
+rule that refused it in its text (``[rule]``), so the sender and the event log
+tell the same story.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    code: int
+    status: str  # RFC 3463 enhanced status, e.g. "5.7.1"
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.status} {self.text}"
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.code < 400
+
+    @property
+    def is_temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.code >= 500
+
+    def with_rule(self, rule: str, detail: str = "") -> Reply:
+        """Same reply naming the rule that produced it (and why)."""
+        extra = f": {detail}" if detail else ""
+        return Reply(self.code, self.status, f"{self.text} [{rule}]{extra}")
+
+    def with_text(self, text: str) -> Reply:
+        return Reply(self.code, self.status, text)
+
+
+OK = Reply(250, "2.0.0", "OK")
+SENDER_OK = Reply(250, "2.1.0", "Sender OK")
+RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
+QUEUED = Reply(250, "2.0.0", "OK queued as")
+
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+TRANSACTION_TIMEOUT = Reply(421, "4.4.2", "Transaction took too long, closing connection")
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
+NEXT_HOP_UNAVAILABLE = Reply(451, "4.4.1", "Next hop temporarily unavailable, try again later")
+SPOOL_UNAVAILABLE = Reply(451, "4.3.0", "Could not store the message, try again later")
+LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+
+LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
+BARE_LINE_ENDING = Reply(
+    550, "5.6.11", "Bare LF or bare CR in message data is not allowed (RFC 5321 2.3.8)"
+)
+TOO_MANY_HEADERS = Reply(552, "5.6.0", "Too many header lines")
+HEADERS_TOO_BIG = Reply(552, "5.6.0", "Header section too large")
+MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
+MALFORMED_HEADERS = Reply(550, "5.6.0", "Malformed header section")
+
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
+NO_SUCH_USER = Reply(550, "5.1.1", "Recipient address rejected: user unknown")
+BAD_ADDRESS = Reply(501, "5.1.3", "Bad address syntax")
+ALL_RECIPIENTS_FAILED = Reply(554, "5.0.0", "Delivery failed for every recipient")

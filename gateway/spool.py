@@ -1,0 +1,234 @@
+"""The gateway's own spool: message bodies on disk and the durable retry queue.
+
+Only this module writes under ``data_dir/spool``. Two areas:
+
+* ``incoming/``: bodies of messages still in DATA, spilled from memory once they
+  outgrow ``smtp.spill_threshold``. Nothing here was ever acknowledged, so
+  whatever a crash leaves behind is deleted at start.
+* ``queue/``: messages the gateway answered 250 for but could not hand to every
+  next hop yet. ``ID.eml`` is written and fsynced first, then ``ID.json`` (the
+  envelope and per-recipient state) by write-fsync-rename, then the folder is
+  fsynced. The JSON file's presence is the commit point: a crash at any instant
+  leaves either no entry (the client got no 250 and retries) or a whole one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+CHUNK = 1 << 20
+_counter = itertools.count()
+
+
+def new_queue_id() -> str:
+    """Sortable, unique id: milliseconds since the epoch, a counter, randomness."""
+    millis = int(time.time() * 1000)
+    return f"{millis:011X}{next(_counter) % 4096:03X}{secrets.token_hex(2).upper()}"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Body:
+    """A finished message body (CRLF lines, dot-unstuffed), in memory or in one file."""
+
+    def __init__(self, size: int, headers: bytes, data: bytes | None, path: Path | None) -> None:
+        self.size = size
+        self.headers = headers  # the raw header section, for parsing Message-ID and the like
+        self._data = data
+        self.path = path
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Body:
+        end = data.find(b"\r\n\r\n")
+        headers = data if end < 0 else data[: end + 2]
+        return cls(len(data), headers, data, None)
+
+    @classmethod
+    def from_file(cls, path: Path, headers: bytes) -> Body:
+        return cls(path.stat().st_size, headers, None, path)
+
+    @property
+    def in_memory(self) -> bool:
+        return self._data is not None
+
+    def read(self) -> bytes:
+        """The whole body; for bodies on disk this reads the file (keep that off the loop)."""
+        if self._data is not None:
+            return self._data
+        assert self.path is not None
+        return self.path.read_bytes()
+
+    def line_chunks(self, size: int = CHUNK) -> Iterator[bytes]:
+        """Chunks of about ``size`` bytes, each ending at a line end, so each starts a line."""
+        if self._data is not None:
+            yield self._data
+            return
+        assert self.path is not None
+        with self.path.open("rb") as handle:
+            while chunk := handle.read(size):
+                if not chunk.endswith(b"\n"):
+                    chunk += handle.readline()
+                yield chunk
+
+    def discard(self) -> None:
+        """Forget the body; removes its spill file, if any."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+        self._data = None
+
+
+class BodyWriter:
+    """Collects DATA lines in memory and spills them to ``incoming/`` past a threshold."""
+
+    def __init__(self, incoming: Path, queue_id: str, spill_threshold: int) -> None:
+        self._incoming = incoming
+        self._queue_id = queue_id
+        self._threshold = spill_threshold
+        self._buffer = bytearray()
+        self._file = None
+        self._path: Path | None = None
+        self.size = 0
+        self.headers = b""
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._buffer += data
+        if len(self._buffer) > self._threshold:
+            self._path = self._incoming / f"{self._queue_id}.tmp"
+            self._file = self._path.open("wb", buffering=CHUNK)
+            self._file.write(self._buffer)
+            self._buffer = bytearray()
+
+    def finish(self, headers: bytes) -> Body:
+        """Seal the body; ``headers`` is the header section seen while reading DATA."""
+        if self._file is None:
+            return Body(self.size, headers, bytes(self._buffer), None)
+        self._file.close()
+        assert self._path is not None
+        return Body(self.size, headers, None, self._path)
+
+    def abort(self) -> None:
+        """The transaction died (lost connection, error): remove anything written."""
+        if self._file is not None:
+            self._file.close()
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+        self._buffer = bytearray()
+
+
+@dataclass(slots=True)
+class QueueEntry:
+    """The durable state of one spooled message (``queue/ID.json``)."""
+
+    queue_id: str
+    sender: str
+    pending: list[str]  # recipients still to deliver
+    arrival: float  # epoch seconds the gateway accepted it
+    next_attempt: float
+    attempts: int = 0
+    message_id: str | None = None
+    last_error: dict[str, str] = field(default_factory=dict)  # recipient -> last reply
+    failed: list[dict[str, str]] = field(default_factory=list)  # permanent failures so far
+
+
+class Spool:
+    """Owns ``data_dir/spool``: spill files for DATA and the retry queue."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.incoming = root / "incoming"
+        self.queue = root / "queue"
+        for folder in (self.incoming, self.queue):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def clear_incoming(self) -> int:
+        """Delete spill files of transactions that never got a 250 (left by a crash)."""
+        stale = list(self.incoming.glob("*.tmp"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
+    def body_writer(self, queue_id: str, spill_threshold: int) -> BodyWriter:
+        return BodyWriter(self.incoming, queue_id, spill_threshold)
+
+    def body_path(self, queue_id: str) -> Path:
+        return self.queue / f"{queue_id}.eml"
+
+    def _entry_path(self, queue_id: str) -> Path:
+        return self.queue / f"{queue_id}.json"
+
+    def enqueue(self, entry: QueueEntry, body: Body) -> None:
+        """Make ``entry`` durable with its own copy of ``body`` (blocking: run in a thread)."""
+        target = self.body_path(entry.queue_id)
+        partial = target.with_suffix(".eml.part")
+        with partial.open("wb") as handle:
+            for chunk in body.line_chunks():
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, target)
+        self.save(entry)
+
+    def save(self, entry: QueueEntry) -> None:
+        """Atomically replace the entry's state file and fsync it and the folder."""
+        target = self._entry_path(entry.queue_id)
+        partial = target.with_suffix(".json.part")
+        data = json.dumps(asdict(entry), ensure_ascii=False).encode("utf-8")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, target)
+        fsync_dir(self.queue)
+
+    def remove(self, queue_id: str) -> None:
+        """Drop a finished entry: state first, so a crash never leaves state without a body."""
+        self._entry_path(queue_id).unlink(missing_ok=True)
+        self.body_path(queue_id).unlink(missing_ok=True)
+        fsync_dir(self.queue)
+
+    def body(self, queue_id: str) -> Body:
+        path = self.body_path(queue_id)
+        with path.open("rb") as handle:
+            head = handle.read(65536)
+        end = head.find(b"\r\n\r\n")
+        return Body.from_file(path, head if end < 0 else head[: end + 2])
+
+    def load(self) -> tuple[list[QueueEntry], list[str]]:
+        """Every committed entry, and a description of each unreadable one (left in place)."""
+        entries, problems = [], []
+        for path in sorted(self.queue.glob("*.json")):
+            try:
+                raw = json.loads(path.read_text(encoding="utf-8"))
+                entry = QueueEntry(**raw)
+                if not self.body_path(entry.queue_id).exists():
+                    raise ValueError("body file missing")
+            except (OSError, ValueError, TypeError) as exc:
+                problems.append(f"{path.name}: {exc}")
+                continue
+            entries.append(entry)
+        committed = {e.queue_id for e in entries}
+        for leftover in self.queue.glob("*.part"):
+            leftover.unlink(missing_ok=True)
+        for orphan in self.queue.glob("*.eml"):
+            if orphan.stem not in committed and not self._entry_path(orphan.stem).exists():
+                orphan.unlink(missing_ok=True)
+        return entries, problems
