@@ -103,7 +103,9 @@ class SessionHandler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
-        return [*responses[:-1], *EXTRA_EXTENSIONS, responses[-1]]
+        # aiosmtpd prints "250-AUTH " even with every mechanism excluded (inbound).
+        kept = [r for r in responses[:-1] if r.strip() != "250-AUTH"]
+        return [*kept, *EXTRA_EXTENSIONS, responses[-1]]
 
     async def handle_MAIL(
         self,

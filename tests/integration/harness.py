@@ -1,0 +1,245 @@
+"""Real parts for integration tests: the gateway as a process, and a controllable SMTP sink."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+REPO = Path(__file__).resolve().parents[2]
+MAILGATE = [sys.executable, "-m", "gateway.cli"]
+DOMAIN = "example.gov.vn"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def render_toml(sections: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+@dataclass
+class Gateway:
+    """``mailgate serve`` in a subprocess with its own config, ports and data folder."""
+
+    workdir: Path
+    local: str
+    outbound: str
+    smtp_extra: dict[str, Any] = field(default_factory=dict)
+    queue: dict[str, Any] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    def __post_init__(self) -> None:
+        self.inbound_port = free_port()
+        self.submission_port = free_port()
+        self.config_path = self.workdir / "gateway.toml"
+        self.write_config()
+
+    @property
+    def log_dir(self) -> Path:
+        return self.workdir / "var" / "log"
+
+    @property
+    def spool_queue(self) -> Path:
+        return self.workdir / "var" / "spool" / "queue"
+
+    def sections(self) -> dict[str, dict[str, Any]]:
+        smtp = {
+            "inbound_listen": f"127.0.0.1:{self.inbound_port}",
+            "submission_listen": f"127.0.0.1:{self.submission_port}",
+            "require_tls_for_auth": False,
+            **self.smtp_extra,
+        }
+        return {
+            "gateway": {"hostname": "mx.example.gov.vn", "domains": [DOMAIN], "data_dir": "var"},
+            "smtp": smtp,
+            "delivery": {"local": self.local, "outbound": self.outbound, "timeout": 5},
+            "queue": {"retry_min_seconds": 1, "scan_interval_seconds": 0.5, **self.queue},
+            "log": {"dir": "var/log"},
+        }
+
+    def write_config(self, text: str | None = None) -> None:
+        self.config_path.write_text(text or render_toml(self.sections()), encoding="utf-8")
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*MAILGATE, "-c", str(self.config_path), *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=check,
+        )
+
+    def start(self) -> Gateway:
+        self.stderr = (self.workdir / "serve.log").open("ab")
+        self.process = subprocess.Popen(
+            [*MAILGATE, "-c", str(self.config_path), "serve"],
+            cwd=REPO,
+            stdout=self.stderr,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.inbound_port, process=self.process)
+        wait_for_port(self.submission_port, process=self.process)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self.process = None
+        self.stderr.close()
+        return code
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, sig)
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        found = []
+        for path in sorted(self.log_dir.glob("events-*.jsonl")):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                record = json.loads(line)
+                if name is None or record["event"] == name:
+                    found.append(record)
+        return found
+
+    def wait_event(
+        self, name: str, predicate: Callable[[dict], bool] = lambda e: True, timeout: float = 15
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for record in self.events(name):
+                if predicate(record):
+                    return record
+            time.sleep(0.1)
+        raise TimeoutError(f"no {name} event within {timeout}s; have {self.events()[-5:]}")
+
+    def queued_entries(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted(self.spool_queue.glob("*.json"))]
+
+
+@dataclass
+class Received:
+    sender: str
+    recipients: list[str]
+    data: bytes
+
+
+class SinkHandler:
+    """Accepts everything unless told otherwise per recipient; can drop after DATA."""
+
+    def __init__(self) -> None:
+        self.messages: list[Received] = []
+        self.rcpt_replies: dict[str, str] = {}
+        self.data_reply: str | None = None
+        self.drop_after_data = False
+        self.lock = threading.Lock()
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
+    ) -> str:
+        reply = self.rcpt_replies.get(address.lower())
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.drop_after_data:
+            server.transport.close()
+            return "451 dropped"
+        if self.data_reply:
+            return self.data_reply
+        with self.lock:
+            self.messages.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+            )
+        return "250 2.0.0 Ok: stored"
+
+
+class Sink:
+    """An aiosmtpd sink on its own thread: the outbound next hop in tests."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.handler = SinkHandler()
+        self.controller: Controller | None = None
+
+    def start(self) -> Sink:
+        self.controller = Controller(
+            self.handler, hostname="127.0.0.1", port=self.port, server_hostname="sink.test"
+        )
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    @property
+    def messages(self) -> list[Received]:
+        with self.handler.lock:
+            return list(self.handler.messages)
+
+    def wait_messages(self, count: int, timeout: float = 15) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.messages) >= count:
+                return self.messages
+            time.sleep(0.05)
+        raise TimeoutError(f"sink got {len(self.messages)} messages, wanted {count}")
