@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import ssl
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,10 @@ from gateway.smtp.submission import SubmissionHandler
 from gateway.spool import Spool
 
 log = logging.getLogger("gateway")
+# require_tls_for_auth = false is an explicit operator choice (loopback tests); aiosmtpd
+# would warn about it on every single connection.
+warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
+logging.getLogger("mail.log").setLevel(logging.ERROR)
 SHUTDOWN_GRACE_SECONDS = 30.0
 
 

@@ -19,6 +19,8 @@ from gateway.smtp import replies
 from gateway.smtp.replies import Reply
 from gateway.spool import Body, BodyWriter, new_queue_id
 
+from gateway.smtp.server import NULL_SENDER
+
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
     from gateway.smtp.server import GatewaySMTP
@@ -200,7 +202,7 @@ class SessionHandler:
             listener=self.listener,
             client=client_address(server.session),
             user=server.session.user,
-            sender=envelope.mail_from or "",
+            sender="" if envelope.mail_from == NULL_SENDER else envelope.mail_from or "",
             recipients=list(envelope.rcpt_tos),
             body=body,
             received_at=datetime.now(UTC),

@@ -43,6 +43,9 @@ _DEFAULT_STATUS = {
 }
 
 _PENDING_AUTH = AuthResult(success=False, handled=True)
+# aiosmtpd reports ``MAIL FROM:<>`` as the address "<>"; it stays so while in SMTP (its
+# "MAIL first" checks test the sender for truth) and becomes "" in the MessageContext.
+NULL_SENDER = "<>"
 
 
 @dataclass(frozen=True, slots=True)

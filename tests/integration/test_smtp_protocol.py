@@ -201,9 +201,9 @@ def test_large_message_spills_to_disk_and_arrives_intact(gateway: Gateway, sink:
     with smtplib.SMTP("127.0.0.1", gateway.inbound_port) as client:
         client.sendmail("a@other.org", ["bob@example.gov.vn"], body)
     received = sink.wait_messages(1)[0]
-    assert received.data.split(b"\r\n", 3)[-1] == body.split(b"\r\n", 1)[1] or received.data.endswith(
-        body
-    )
+    assert received.data.split(b"\r\n", 3)[-1] == body.split(b"\r\n", 1)[
+        1
+    ] or received.data.endswith(body)
 
 
 def test_pipelined_transactions_on_one_connection(gateway: Gateway, sink: Sink) -> None:
