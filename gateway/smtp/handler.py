@@ -222,5 +222,10 @@ class SessionHandler:
             )
             return replies.LOCAL_ERROR
 
+    async def handle_exception(self, error: Exception) -> str:
+        """A bug must not leak internals (or secrets) to the client: log it, answer 451."""
+        self.runtime.log.error("SMTP session error", exc_info=error)
+        return str(replies.LOCAL_ERROR)
+
     async def authenticate(self, server: GatewaySMTP, mechanism: str, credentials: Any) -> Any:
         raise NotImplementedError("this listener offers no AUTH")

@@ -105,6 +105,15 @@ class GatewaySMTP(SMTP):
 
     # -- connection ------------------------------------------------------------------
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """aiosmtpd starts a fresh Session after STARTTLS (RFC 3207 4.2); keep its id so
+        the events of one connection stay together. Authentication is not carried over."""
+        previous = self.session
+        super().connection_made(transport)
+        if previous is not None and self.session is not previous:
+            self.session.session_id = getattr(previous, "session_id", None)
+            self.session.user = None
+
     async def _handle_client(self) -> None:
         assert self.session is not None
         client = self.session.peer[0] if self.session.peer else "?"
