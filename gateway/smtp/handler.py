@@ -17,9 +17,8 @@ from aiosmtpd.smtp import Envelope, Session
 from gateway.pipeline import MessageContext
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
-from gateway.spool import Body, BodyWriter, new_queue_id
-
 from gateway.smtp.server import NULL_SENDER
+from gateway.spool import Body, BodyWriter, new_queue_id
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime

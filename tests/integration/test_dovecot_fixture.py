@@ -7,29 +7,18 @@ returns the delivered bytes, and the master-user login the IMAP proxy relies on 
 from __future__ import annotations
 
 import imaplib
-import os
-import shutil
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-try:  # tests/integration may or may not be a package, depending on how pytest imports it
-    from tests.integration.dovecot import PrivateDovecot
-except ImportError:
-    from dovecot import PrivateDovecot  # type: ignore[no-redef]
+from tests.integration.dovecot import PrivateDovecot
 
 pytestmark = pytest.mark.integration
 
 ALICE = "alice@example.gov.vn"
 ALICE_PASSWORD = "s3cret pass#1"
-
-if shutil.which("dovecot", path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
-    # CI must fail loudly when the install step is missing; a developer may lack Dovecot.
-    if os.environ.get("CI"):
-        raise RuntimeError("dovecot is not installed; run scripts/test as root")
-    pytest.skip("dovecot not installed (scripts/test installs it)", allow_module_level=True)
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ def test_auth_before_tls_is_refused(tls_gateway: Gateway) -> None:
         assert client.has_extn("starttls")
         assert not client.has_extn("auth"), "AUTH is not offered before TLS"
         token = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
-        code, text = client.docmd("AUTH", f"PLAIN {token}")
+        code, _ = client.docmd("AUTH", f"PLAIN {token}")
         assert code == replies.AUTH_NEEDS_TLS.code
 
 
