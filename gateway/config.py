@@ -211,7 +211,11 @@ class _Reader:
     def _number(self, key: str, raw: Any, unit: str, integer: bool) -> Any:
         ok = isinstance(raw, int) if integer else isinstance(raw, int | float)
         if isinstance(raw, bool) or not ok or raw <= 0:
-            hint = f"; write a positive {'integer' if integer else 'number'} of {unit}"
+            meant = _bytes_meant(raw) if unit == "bytes" else None
+            if meant is not None:
+                hint = f"; write {meant}"
+            else:
+                hint = f"; write a positive {'integer' if integer else 'number'} of {unit}"
             self.fail(key, f"expected a positive number ({unit}), got {raw!r}{hint}")
             return None
         return raw if integer else float(raw)
@@ -256,6 +260,23 @@ class _Reader:
             )
             return None
         return DeliveryTarget(scheme, address.host, address.port)
+
+
+_UNITS = {"": 1, "B": 1, "KB": 1024, "KIB": 1024, "MB": 1024**2, "MIB": 1024**2, "GB": 1024**3}
+
+
+def _bytes_meant(raw: Any) -> int | None:
+    """What "20MB"-style text most likely meant, in bytes (binary units), for the hint."""
+    if not isinstance(raw, str):
+        return None
+    text = raw.strip().upper().replace(" ", "")
+    digits = text.rstrip("KMGIB")
+    try:
+        number = float(digits)
+    except ValueError:
+        return None
+    factor = _UNITS.get(text[len(digits) :])
+    return int(number * factor) if factor and number > 0 else None
 
 
 def parse_host_port(text: str) -> ListenAddress | None:
@@ -354,7 +375,10 @@ def _check_relations(reader: _Reader, sections: dict[str, Any]) -> None:
     queue = sections.get("queue") or {}
     low, high = queue.get("retry_min_seconds"), queue.get("retry_max_seconds")
     if low is not None and high is not None and low > high:
-        reader.fail("queue.retry_min_seconds", f"{low} is above queue.retry_max_seconds ({high})")
+        reader.fail(
+            "queue.retry_min_seconds",
+            f"{low:g} is above queue.retry_max_seconds ({high:g}); lower it or raise the maximum",
+        )
 
 
 def load_config(path: Path) -> Config:

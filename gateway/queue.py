@@ -16,7 +16,7 @@ from dataclasses import asdict
 
 from gateway.config import QueueSection
 from gateway.dsn import FailedRecipient
-from gateway.relay import Relay, Split, failure_of
+from gateway.relay import Relay, Split, failure_of, remote_mta
 from gateway.spool import Body, QueueEntry
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class QueueRunner:
                     r,
                     EXPIRED_STATUS,
                     f"gave up after {settings.lifetime_hours:g} h: {entry.last_error[r]}",
-                    split.deferred[r].hop,
+                    remote_mta(split.deferred[r].hop),
                 )
                 for r in entry.pending
             ]

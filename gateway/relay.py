@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from gateway.config import parse_host_port
 from gateway.delivery import Outcome, Router
 from gateway.dsn import FailedRecipient, build_dsn, is_bounce_worthy
 from gateway.events.writer import EventLog
@@ -43,9 +44,16 @@ class Split:
         )
 
 
+def remote_mta(hop: str) -> str | None:
+    """The host name a DSN's Remote-MTA field wants (``dns; HOST``), if the hop has one."""
+    _, sep, rest = hop.partition("://")
+    address = parse_host_port(rest) if sep else None
+    return address.host if address else None
+
+
 def failure_of(recipient: str, outcome: Outcome) -> FailedRecipient:
     reply = outcome.reply
-    return FailedRecipient(recipient, reply.status, str(reply), outcome.hop)
+    return FailedRecipient(recipient, reply.status, str(reply), remote_mta(outcome.hop))
 
 
 class Relay:
@@ -72,7 +80,8 @@ class Relay:
         verdict = await run_filters(ctx, self.filters)
         if verdict.action is not Action.ACCEPT:
             assert verdict.reply is not None
-            self._emit_end(ctx, "message_rejected", verdict.reply, reason=verdict.rule)
+            event = "message_tempfailed" if verdict.reply.is_temporary else "message_rejected"
+            self._emit_end(ctx, event, verdict.reply, reason=verdict.rule)
             return verdict.reply
         outcomes = await self.router.deliver(ctx.sender, ctx.recipients, ctx.body)
         split = Split.of(outcomes)

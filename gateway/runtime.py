@@ -171,7 +171,7 @@ async def serve(config: Config) -> None:
     """Run the listeners and the queue until SIGTERM/SIGINT."""
     runtime = Runtime(config)
     loop = asyncio.get_running_loop()
-    stale = runtime.spool.clear_incoming()
+    stale = runtime.spool.recover()
     servers = []
     for listener in runtime.listeners():
         address = dict(listeners(config))[listener.key]
@@ -187,7 +187,7 @@ async def serve(config: Config) -> None:
     runtime.events.emit(
         "gateway_start",
         reason=f"listening on {', '.join(str(a) for _, a in listeners(config))}",
-        stale_spill_files=stale or None,
+        stale_files_removed=stale or None,
     )
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

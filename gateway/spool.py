@@ -30,7 +30,7 @@ _counter = itertools.count()
 def new_queue_id() -> str:
     """Sortable, unique id: milliseconds since the epoch, a counter, randomness."""
     millis = int(time.time() * 1000)
-    return f"{millis:011X}{next(_counter) % 4096:03X}{secrets.token_hex(2).upper()}"
+    return f"{millis:011X}{next(_counter) % 0x1000000:06X}{secrets.token_hex(2).upper()}"
 
 
 def fsync_dir(path: Path) -> None:
@@ -225,10 +225,18 @@ class Spool:
                 problems.append(f"{path.name}: {exc}")
                 continue
             entries.append(entry)
-        committed = {e.queue_id for e in entries}
+        return entries, problems
+
+    def recover(self) -> int:
+        """At start, before anything writes: drop what a crash left half-done (partial files,
+        bodies whose state file was never committed, spill files). Never call this while
+        the gateway runs: an enqueue in progress looks exactly like such leftovers."""
+        removed = self.clear_incoming()
         for leftover in self.queue.glob("*.part"):
             leftover.unlink(missing_ok=True)
+            removed += 1
         for orphan in self.queue.glob("*.eml"):
-            if orphan.stem not in committed and not self._entry_path(orphan.stem).exists():
+            if not self._entry_path(orphan.stem).exists():
                 orphan.unlink(missing_ok=True)
-        return entries, problems
+                removed += 1
+        return removed

@@ -38,15 +38,31 @@ class Hop:
         return f"{'lmtp' if self.lmtp else 'smtp'}://{self.host}:{self.port}"
 
 
+def enhanced_status(word: str, code: int) -> bool:
+    """True for an RFC 3463 status (class.subject.detail) matching the reply's class."""
+    parts = word.split(".")
+    return (
+        len(parts) == 3
+        and parts[0] == str(code // 100)
+        and parts[0] in ("2", "4", "5")
+        and all(p.isdigit() and 1 <= len(p) <= 3 for p in parts[1:])
+    )
+
+
 def parse_reply(lines: list[bytes]) -> Reply:
     """Turn raw reply lines into a Reply, taking the enhanced status if the server sent one."""
     code = int(lines[0][:3])
-    text = " ".join(line[4:].decode("utf-8", "replace").strip() for line in lines)
-    first, _, rest = text.partition(" ")
-    parts = first.split(".")
-    if len(parts) == 3 and all(p.isdigit() for p in parts) and first[0] == str(code)[0]:
-        return Reply(code, first, rest)
-    return Reply(code, _DEFAULT_STATUS.get(code // 100, f"{code // 100}.0.0"), text)
+    status = _DEFAULT_STATUS.get(code // 100, f"{code // 100}.0.0")
+    texts = []
+    for index, line in enumerate(lines):
+        first, _, rest = line[4:].decode("utf-8", "replace").strip().partition(" ")
+        if enhanced_status(first, code):
+            if index == 0:
+                status = first
+            texts.append(rest)
+        else:
+            texts.append(f"{first} {rest}".strip())
+    return Reply(code, status, " ".join(t for t in texts if t))
 
 
 def dot_stuff(chunk: bytes) -> bytes:
@@ -182,11 +198,16 @@ class Connection:
             if not pipelined:
                 await self._send(line)
             try:
-                replies.append(await self._read_reply())
+                reply = await self._read_reply()
             except NextHopError as exc:
                 if self.transactions and not replies:
                     raise StaleConnection(str(exc)) from None
                 raise
+            if reply.code == 421 and self.transactions and not replies:
+                # A pooled connection the server has since closed (idle timeout): its
+                # 421 was waiting in the buffer. Nothing was accepted, so retry elsewhere.
+                raise StaleConnection(f"{self.hop} closed the idle connection: {reply}")
+            replies.append(reply)
         mail_reply, rcpt_replies = replies[0], replies[1:]
         if not mail_reply.is_success:
             rcpt_replies = [mail_reply] * len(recipients)
@@ -195,10 +216,12 @@ class Connection:
         if not pipelined and accepted:
             await self._send(b"DATA\r\n")
         data_reply = await self._read_reply() if (pipelined or accepted) else None
-        if data_reply is not None and data_reply.code == 354:
+        if data_reply is not None and data_reply.code == 354 and not accepted:
+            # A server that said 354 after refusing everyone: end the data, keep the refusals.
+            await self._send(b".\r\n")
+            await self._read_reply()
+        elif data_reply is not None and data_reply.code == 354:
             await self._stream(body)
-            if not accepted:  # a server that said 354 after refusing everyone
-                await self._read_reply()
             final = [await self._read_reply() for _ in (accepted if self.hop.lmtp else [0])]
             for index, recipient in enumerate(accepted):
                 results[recipient] = final[index if self.hop.lmtp else 0]

@@ -15,11 +15,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.smtp.replies import Reply
+from gateway.smtp.replies import BAD_MAILBOX_NAME, MAILDIR_DELIVERED, Reply
 from gateway.spool import Body, fsync_dir
 
-DELIVERED = Reply(250, "2.0.0", "Delivered to Maildir")
-BAD_MAILBOX_NAME = Reply(550, "5.1.3", "Mailbox name not allowed")
 _sequence = itertools.count()
 
 
@@ -82,7 +80,7 @@ class MaildirDeliverer:
         except OSError as exc:
             failure = Reply(451, "4.3.0", f"Maildir write failed: {exc.strerror}")
             return results | dict.fromkeys(folders, failure)
-        return results | dict.fromkeys(folders, DELIVERED)
+        return results | dict.fromkeys(folders, MAILDIR_DELIVERED)
 
     async def close(self) -> None:
         """Nothing held open."""

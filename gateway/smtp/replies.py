@@ -44,6 +44,7 @@ OK = Reply(250, "2.0.0", "OK")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
 QUEUED = Reply(250, "2.0.0", "OK queued as")
+MAILDIR_DELIVERED = Reply(250, "2.0.0", "Delivered to Maildir")
 
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
@@ -68,4 +69,5 @@ AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authent
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
 NO_SUCH_USER = Reply(550, "5.1.1", "Recipient address rejected: user unknown")
 BAD_ADDRESS = Reply(501, "5.1.3", "Bad address syntax")
+BAD_MAILBOX_NAME = Reply(550, "5.1.3", "Mailbox name not allowed")
 ALL_RECIPIENTS_FAILED = Reply(554, "5.0.0", "Delivery failed for every recipient")

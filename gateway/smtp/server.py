@@ -46,6 +46,7 @@ _PENDING_AUTH = AuthResult(success=False, handled=True)
 # aiosmtpd reports ``MAIL FROM:<>`` as the address "<>"; it stays so while in SMTP (its
 # "MAIL first" checks test the sender for truth) and becomes "" in the MessageContext.
 NULL_SENDER = "<>"
+READ_BUFFER = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +95,10 @@ class GatewaySMTP(SMTP):
     def __init__(
         self, handler: Any, *, limits: Limits, limiter: ConnectionLimiter, **kwargs: Any
     ) -> None:
-        self.line_length_limit = limits.max_line_length + 1  # + a transparency dot
         super().__init__(handler, **kwargs)
+        # aiosmtpd sizes the StreamReader at one line (1001 bytes), so reading pauses and
+        # resumes the socket every two lines; read in 64 KiB and check lengths ourselves.
+        self._stream_reader._limit = max(READ_BUFFER, limits.max_line_length + 1)
         self.limits = limits
         self._limiter = limiter
         self._plain_replies = False
@@ -246,6 +249,9 @@ class GatewaySMTP(SMTP):
         stays in step and the client gets one clear answer."""
         limits = self.limits
         reader = self._reader
+        too_long = replies.LINE_TOO_LONG.with_text(
+            f"Line longer than {limits.max_line_length} bytes (RFC 5321 4.5.3.1.6)"
+        )
         error: Reply | None = None
         in_headers = True
         header_lines = 0
@@ -257,9 +263,7 @@ class GatewaySMTP(SMTP):
                 line = await reader.readuntil(b"\r\n")
             except asyncio.LimitOverrunError as overrun:
                 await reader.readexactly(overrun.consumed)
-                error = error or replies.LINE_TOO_LONG.with_text(
-                    f"Line longer than {limits.max_line_length} bytes (RFC 5321 4.5.3.1.6)"
-                )
+                error = error or too_long
                 continuing = True
                 continue
             if continuing:
@@ -268,6 +272,9 @@ class GatewaySMTP(SMTP):
             if line == b".\r\n":
                 return error, bytes(header_bytes)
             if error is not None:
+                continue
+            if len(line) > limits.max_line_length + 1:  # + the transparency dot
+                error = too_long
                 continue
             if line.count(b"\n") != 1 or line.count(b"\r") != 1:
                 error = replies.BARE_LINE_ENDING
