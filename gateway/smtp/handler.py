@@ -90,7 +90,7 @@ class SessionHandler:
             sender=envelope.mail_from,
             recipients=list(envelope.rcpt_tos),
             code=reply.code,
-            reason=f"protocol: {reply.text}",
+            reason=reply.text,
         )
 
     # -- commands ----------------------------------------------------------------------
@@ -135,7 +135,7 @@ class SessionHandler:
         rcpt_options: list[str],
     ) -> str:
         if len(envelope.rcpt_tos) >= self.runtime.config.smtp.max_recipients:
-            return str(replies.TOO_MANY_RECIPIENTS)
+            return str(replies.TOO_MANY_RECIPIENTS.with_rule("smtp.max_recipients"))
         refusal = self.check_recipient(session, address)
         if refusal is not None:
             self._emit(

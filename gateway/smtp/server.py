@@ -122,7 +122,7 @@ class GatewaySMTP(SMTP):
         client = self.session.peer[0] if self.session.peer else "?"
         if not self._limiter.acquire(client):
             self._plain_replies = True
-            await self.push(str(replies.TOO_MANY_CONNECTIONS))
+            await self.push(str(replies.TOO_MANY_CONNECTIONS.with_rule("smtp.max_connections")))
             self.event_handler.on_refused_connection(self, client)
             if self.transport is not None:
                 self.transport.close()
@@ -149,7 +149,7 @@ class GatewaySMTP(SMTP):
             self._errors += 1
             if self._errors >= self.limits.max_errors:
                 self.event_handler.on_protocol_error(self, "too many errors")
-                await super().push(str(replies.TOO_MANY_ERRORS))
+                await super().push(str(replies.TOO_MANY_ERRORS.with_rule("smtp.max_errors")))
                 self.transport.close()
 
     async def smtp_HELO(self, hostname: str) -> None:
@@ -187,6 +187,14 @@ class GatewaySMTP(SMTP):
 
     # -- transaction -----------------------------------------------------------------
 
+    async def check_auth_needed(self, caller_method: str) -> bool:
+        """aiosmtpd's own 530 names no rule; ours does."""
+        assert self.session is not None
+        if self._auth_required and not self.session.authenticated:
+            await self.push(str(replies.AUTH_REQUIRED.with_rule("auth", "log in first")))
+            return True
+        return False
+
     def _set_rset_state(self) -> None:
         super()._set_rset_state()
         self.transaction_started = None
@@ -221,7 +229,7 @@ class GatewaySMTP(SMTP):
         except TimeoutError:
             writer.abort()
             self.event_handler.on_protocol_error(self, "transaction timeout during DATA")
-            await self.push(str(replies.TRANSACTION_TIMEOUT))
+            await self.push(str(replies.TRANSACTION_TIMEOUT.with_rule("smtp.transaction_timeout")))
             if self.transport is not None:
                 self.transport.close()
             return
@@ -249,8 +257,8 @@ class GatewaySMTP(SMTP):
         stays in step and the client gets one clear answer."""
         limits = self.limits
         reader = self._reader
-        too_long = replies.LINE_TOO_LONG.with_text(
-            f"Line longer than {limits.max_line_length} bytes (RFC 5321 4.5.3.1.6)"
+        too_long = replies.LINE_TOO_LONG.with_rule(
+            "smtp.max_line_length", f"over {limits.max_line_length} bytes (RFC 5321 4.5.3.1.6)"
         )
         error: Reply | None = None
         in_headers = True
@@ -277,14 +285,14 @@ class GatewaySMTP(SMTP):
                 error = too_long
                 continue
             if line.count(b"\n") != 1 or line.count(b"\r") != 1:
-                error = replies.BARE_LINE_ENDING
+                error = replies.BARE_LINE_ENDING.with_rule("smtp.bare_line_ending")
                 continue
             if line[:1] == b".":
                 line = line[1:]
             size += len(line)
             if size > limits.max_message_size:
-                error = replies.MESSAGE_TOO_BIG.with_text(
-                    f"Message larger than {limits.max_message_size} bytes"
+                error = replies.MESSAGE_TOO_BIG.with_rule(
+                    "smtp.max_message_size", f"over {limits.max_message_size} bytes"
                 )
                 continue
             if in_headers:
@@ -294,13 +302,13 @@ class GatewaySMTP(SMTP):
                     header_lines += 1
                     header_bytes += line
                     if header_lines > limits.max_header_lines:
-                        error = replies.TOO_MANY_HEADERS.with_text(
-                            f"More than {limits.max_header_lines} header lines"
+                        error = replies.TOO_MANY_HEADERS.with_rule(
+                            "smtp.max_header_lines", f"over {limits.max_header_lines}"
                         )
                         continue
                     if len(header_bytes) > limits.max_header_bytes:
-                        error = replies.HEADERS_TOO_BIG.with_text(
-                            f"Header section larger than {limits.max_header_bytes} bytes"
+                        error = replies.HEADERS_TOO_BIG.with_rule(
+                            "smtp.max_header_bytes", f"over {limits.max_header_bytes} bytes"
                         )
                         continue
             writer.write(line)

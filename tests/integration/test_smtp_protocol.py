@@ -123,11 +123,14 @@ def test_smuggling_sequences_are_refused(gateway: Gateway, sink: Sink, smuggled:
     client.send(b"Subject: one\r\n\r\nfirst" + smuggled + injected + b".\r\n")
     reply = client.reply()
     assert reply.startswith(f"{replies.BARE_LINE_ENDING.code} {replies.BARE_LINE_ENDING.status}")
+    assert "[smtp.bare_line_ending]" in reply
     assert client.command("NOOP").startswith("250"), "session stays in step after the refusal"
     client.close()
     time.sleep(0.3)
     assert sink.messages == [], "nothing of a smuggling attempt is delivered"
-    assert gateway.wait_event("message_rejected")["code"] == replies.BARE_LINE_ENDING.code
+    event = gateway.wait_event("message_rejected")
+    assert event["code"] == replies.BARE_LINE_ENDING.code
+    assert "[smtp.bare_line_ending]" in event["reason"]
 
 
 def test_line_and_header_limits(make_gateway, sink: Sink) -> None:
@@ -137,7 +140,13 @@ def test_line_and_header_limits(make_gateway, sink: Sink) -> None:
     client = RawClient(gateway.inbound_port)
     client.envelope()
     client.send(b"Subject: long\r\n\r\n" + b"x" * 5000 + b"\r\n.\r\n")
-    assert client.reply().startswith(f"500 {replies.LINE_TOO_LONG.status}")
+    assert client.reply().startswith(f"500 {replies.LINE_TOO_LONG.status} Line too long [smtp.max")
+    client.command("RSET")
+    client.command("MAIL FROM:<a@other.org>")
+    client.command("RCPT TO:<bob@example.gov.vn>")
+    client.command("DATA")
+    client.send(b"Subject: very long\r\n\r\n" + b"x" * 200_000 + b"\r\n.\r\n")
+    assert client.reply().startswith("500 5.5.2"), "beyond the 64 KiB read buffer too"
     assert client.command("MAIL FROM:<a@other.org>").startswith("250")
     assert client.command("RCPT TO:<bob@example.gov.vn>").startswith("250")
     assert client.command("DATA").startswith("354")
@@ -170,7 +179,7 @@ def test_garbage_commands_get_errors_then_the_door(make_gateway, sink: Sink) -> 
     for _ in range(2):
         assert client.command("RCPT TO:<bob@example.gov.vn>").startswith("503 5.5.1")
     assert client.command("DATA").startswith("503 5.5.1")
-    assert client.reply() == str(replies.TOO_MANY_ERRORS)
+    assert client.reply() == str(replies.TOO_MANY_ERRORS.with_rule("smtp.max_errors"))
     with pytest.raises(ConnectionError):
         client.command("NOOP")
     # Everyone else is still served.
@@ -258,3 +267,20 @@ def test_swaks_delivers_utf8_mail(gateway: Gateway, sink: Sink) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     received = sink.wait_messages(1)[0]
     assert "Kính gửi: Đỗ Văn Bê".encode() in received.data
+
+
+def test_transaction_timeout_cuts_a_dribbling_sender(make_gateway, sink: Sink) -> None:
+    gateway = make_gateway(sink.url, sink.url, smtp_extra={"transaction_timeout": 1.5}).start()
+    client = RawClient(gateway.inbound_port)
+    client.envelope()
+    with pytest.raises((ConnectionError, OSError)):
+        for _ in range(40):  # each line well within the idle timeout, the whole too slow
+            client.send(b"X-Slow: line\r\n")
+            time.sleep(0.1)
+        client.send(b"\r\nbody\r\n.\r\n")
+        client.reply()
+        client.command("NOOP")
+    client.close()
+    event = gateway.wait_event("protocol_error")
+    assert event["reason"] == "transaction timeout during DATA"
+    assert sink.messages == []
