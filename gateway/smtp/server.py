@@ -18,6 +18,8 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult
 
 from gateway.smtp import replies
+from gateway.smtp.addresses import plain_angle_address
+from gateway.smtp.data import TERMINATOR, DataLimits, DataState
 from gateway.smtp.replies import Reply
 
 log = logging.getLogger(__name__)
@@ -208,6 +210,12 @@ class GatewaySMTP(SMTP):
         if self.envelope is not None and self.envelope.mail_from is not None:
             self.transaction_started = self.loop.time()
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        fast = plain_angle_address(arg)
+        if fast is not None:
+            return fast
+        return super()._getaddr(arg)
+
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
@@ -256,59 +264,23 @@ class GatewaySMTP(SMTP):
         header section. After a problem the rest is read and dropped, so the session
         stays in step and the client gets one clear answer."""
         limits = self.limits
-        reader = self._reader
-        too_long = replies.LINE_TOO_LONG.with_rule(
-            "smtp.max_line_length", f"over {limits.max_line_length} bytes (RFC 5321 4.5.3.1.6)"
+        state = DataState(
+            DataLimits(
+                limits.max_message_size,
+                limits.max_line_length,
+                limits.max_header_lines,
+                limits.max_header_bytes,
+            )
         )
-        error: Reply | None = None
-        in_headers = True
-        header_lines = 0
-        header_bytes = bytearray()
-        continuing = False  # the previous read ended in the middle of an over-long line
-        size = 0
-        while True:
+        reader = self._reader
+        while not state.done:
             try:
-                line = await reader.readuntil(b"\r\n")
+                block = await reader.readuntil(TERMINATOR)
             except asyncio.LimitOverrunError as overrun:
-                await reader.readexactly(overrun.consumed)
-                error = error or too_long
-                continuing = True
-                continue
-            if continuing:
-                continuing = False
-                continue
-            if line == b".\r\n":
-                return error, bytes(header_bytes)
-            if error is not None:
-                continue
-            if len(line) > limits.max_line_length + 1:  # + the transparency dot
-                error = too_long
-                continue
-            if line.count(b"\n") != 1 or line.count(b"\r") != 1:
-                error = replies.BARE_LINE_ENDING.with_rule("smtp.bare_line_ending")
-                continue
-            if line[:1] == b".":
-                line = line[1:]
-            size += len(line)
-            if size > limits.max_message_size:
-                error = replies.MESSAGE_TOO_BIG.with_rule(
-                    "smtp.max_message_size", f"over {limits.max_message_size} bytes"
-                )
-                continue
-            if in_headers:
-                if line == b"\r\n":
-                    in_headers = False
-                else:
-                    header_lines += 1
-                    header_bytes += line
-                    if header_lines > limits.max_header_lines:
-                        error = replies.TOO_MANY_HEADERS.with_rule(
-                            "smtp.max_header_lines", f"over {limits.max_header_lines}"
-                        )
-                        continue
-                    if len(header_bytes) > limits.max_header_bytes:
-                        error = replies.HEADERS_TOO_BIG.with_rule(
-                            "smtp.max_header_bytes", f"over {limits.max_header_bytes} bytes"
-                        )
-                        continue
-            writer.write(line)
+                block = await reader.readexactly(overrun.consumed)
+            except asyncio.IncompleteReadError:
+                raise ConnectionResetError("connection closed during DATA") from None
+            content = state.feed(block)
+            if content:
+                writer.write(content)
+        return state.error, bytes(state.headers)
