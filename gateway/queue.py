@@ -109,22 +109,13 @@ class QueueRunner:
             events.emit("dequeued", queue_id=entry.queue_id, attempt=entry.attempts)
 
     async def _deliver_pending(self, entry: QueueEntry, body: Body, settings: QueueSection) -> None:
-        events = self.relay.events
         outcomes = await self.relay.router.deliver(entry.sender, entry.pending, body)
         split = Split.of(outcomes)
         entry.attempts += 1
         now = self._clock()
-        for recipient, outcome in split.delivered.items():
-            events.emit(
-                "delivered",
-                queue_id=entry.queue_id,
-                message_id=entry.message_id,
-                sender=entry.sender,
-                recipients=[recipient],
-                next_hop=outcome.hop,
-                code=outcome.reply.code,
-                attempt=entry.attempts,
-            )
+        self.relay.emit_hops(
+            entry.queue_id, entry.message_id, entry.sender, split, attempt=entry.attempts
+        )
         failures = [failure_of(r, o) for r, o in split.failed.items()]
         entry.pending = list(split.deferred)
         entry.last_error = {r: str(o.reply) for r, o in split.deferred.items()}
@@ -142,13 +133,11 @@ class QueueRunner:
         entry.failed += [asdict(failure) for failure in failures]
         if entry.pending:
             entry.next_attempt = now + next_delay(entry.attempts, settings)
-            events.emit(
-                "deferred",
+            self.relay.events.emit(
+                "retry_scheduled",
                 queue_id=entry.queue_id,
                 message_id=entry.message_id,
-                sender=entry.sender,
                 recipients=entry.pending,
-                reason="; ".join(f"{r}: {e}" for r, e in entry.last_error.items()),
                 attempt=entry.attempts,
                 next_attempt=entry.next_attempt,
             )

@@ -85,7 +85,7 @@ class Relay:
             return verdict.reply
         outcomes = await self.router.deliver(ctx.sender, ctx.recipients, ctx.body)
         split = Split.of(outcomes)
-        self._emit_hops(ctx.queue_id, ctx.message_id, ctx.sender, split)
+        self.emit_hops(ctx.queue_id, ctx.message_id, ctx.sender, split)
         if not split.delivered and not split.failed:
             first = next(iter(split.deferred.values()))
             reply = replies.NEXT_HOP_UNAVAILABLE.with_text(
@@ -171,7 +171,15 @@ class Relay:
             dsn_queue_id=dsn_id,
         )
 
-    def _emit_hops(self, queue_id: str, message_id: str | None, sender: str, split: Split) -> None:
+    def emit_hops(
+        self,
+        queue_id: str,
+        message_id: str | None,
+        sender: str,
+        split: Split,
+        **extra: object,
+    ) -> None:
+        """One event per (outcome, next hop, reply): delivered, deferred, delivery_failed."""
         for event, group in (
             ("delivered", split.delivered),
             ("deferred", split.deferred),
@@ -190,6 +198,7 @@ class Relay:
                     next_hop=hop,
                     code=reply.code,
                     reason=None if reply.is_success else str(reply),
+                    **extra,
                 )
 
     def _emit_end(

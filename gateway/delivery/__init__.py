@@ -68,19 +68,16 @@ class Router:
     """Splits recipients by domain and delivers each group to its next hop in parallel."""
 
     def __init__(self, config: Config) -> None:
-        self._domains = config.gateway.domains
+        self._config = config
         self.local = make_deliverer(config.delivery.local, config)
         self.outbound = make_deliverer(config.delivery.outbound, config)
-
-    def is_local(self, address: str) -> bool:
-        return address.rpartition("@")[2].lower() in self._domains
 
     async def deliver(
         self, sender: str, recipients: Sequence[str], body: Body
     ) -> dict[str, Outcome]:
         groups: dict[int, tuple[Deliverer, list[str]]] = {}
         for recipient in recipients:
-            deliverer = self.local if self.is_local(recipient) else self.outbound
+            deliverer = self.local if self._config.is_local(recipient) else self.outbound
             groups.setdefault(id(deliverer), (deliverer, []))[1].append(recipient)
         batches = list(groups.values())
         answers = await asyncio.gather(

@@ -134,9 +134,15 @@ class SessionHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        if len(envelope.rcpt_tos) >= self.runtime.config.smtp.max_recipients:
+        config = self.runtime.config
+        if len(envelope.rcpt_tos) >= config.smtp.max_recipients:
             return str(replies.TOO_MANY_RECIPIENTS.with_rule("smtp.max_recipients"))
-        refusal = self.check_recipient(session, address)
+        if address.lower() == "postmaster":  # RFC 5321 4.5.1: must be accepted bare
+            address = f"postmaster@{config.gateway.domains[0]}"
+        if "@" in address:
+            refusal = self.check_recipient(session, address)
+        else:
+            refusal = replies.BAD_ADDRESS.with_rule("rcpt", "LOCALPART@DOMAIN expected")
         if refusal is not None:
             self._emit(
                 server,

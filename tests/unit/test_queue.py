@@ -229,7 +229,10 @@ async def test_temporary_failure_backs_off_exponentially_and_caps(setup: Setup) 
     assert len(setup.outbound.calls) == 6
     deferred = setup.named("deferred")
     assert [r["attempt"] for r in deferred] == [2, 3, 4, 5, 6, 7]
-    assert deferred[0]["next_attempt"] == START + 120.0
+    assert all(r["reason"] == str(TEMP_451) for r in deferred)
+    scheduled = setup.named("retry_scheduled")
+    assert [r["attempt"] for r in scheduled] == [2, 3, 4, 5, 6, 7]
+    assert scheduled[0]["next_attempt"] == START + 120.0
     assert dsns(setup) == []
 
 

@@ -110,6 +110,7 @@ def test_smuggling_sequences_never_end_data(smuggled: bytes) -> None:
 def test_over_long_line_split_across_many_blocks() -> None:
     wire = b"Subject: a\r\n\r\n" + b"y" * 1000 + b"\r\n.\r\n"
     state, body, _ = run(wire, list(range(20, 1000, 37)))
+    assert body == b"Subject: a\r\n\r\n", "nothing of the refused line is kept"
     assert state.done and state.error is not None
     assert state.error.code == replies.LINE_TOO_LONG.code
     assert "[smtp.max_line_length]" in state.error.text
