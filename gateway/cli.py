@@ -14,15 +14,11 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gateway.admin import Admin, CommandError, add_directory_commands
 from gateway.config import DEFAULT_CONFIG, Config, ConfigError, check_ports_free, load_config
-from gateway.directory.mailboxes import KINDS, Directory, DirectoryError
-from gateway.directory.passwords import generate_password
+from gateway.directory.lifecycle import apply_lifecycle
+from gateway.directory.mailboxes import DirectoryError
 from gateway.events.search import Query, format_event, parse_time, purge, search
-from gateway.events.writer import EventLog
-
-
-class CommandError(Exception):
-    """A failure to report as one line on stderr, exit status 1."""
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -85,25 +81,6 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_mailbox_add(args: argparse.Namespace) -> int:
-    config = _config(args)
-    password = args.password or generate_password(args.address)
-    directory = Directory.for_data_dir(config.gateway.data_dir)
-    try:
-        mailbox = directory.add(args.address, args.name, args.kind, password)
-    except DirectoryError as exc:
-        raise CommandError(str(exc)) from None
-    finally:
-        directory.close()
-    EventLog(config.log.dir).emit(
-        "mailbox_added", user=mailbox.address, reason=f"kind {mailbox.kind}"
-    )
-    print(f"created {mailbox.address}")
-    if not args.password:
-        print(f"password: {password}")
-    return 0
-
-
 def cmd_logs_search(args: argparse.Namespace) -> int:
     config = _config(args)
     try:
@@ -123,19 +100,40 @@ def cmd_logs_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_admin(args: argparse.Namespace) -> int:
+    admin = Admin(_config(args))
+    try:
+        args.admin_handler(admin, args)
+    except DirectoryError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        admin.close()
+    return 0
+
+
 def cmd_maintenance(args: argparse.Namespace) -> int:
+    """Lifecycle rules, then log retention, as of ``--now`` (idempotent: run it daily)."""
     config = _config(args)
     try:
         now = parse_time(args.now) if args.now else datetime.now(UTC)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    removed = purge(config.log.dir, now, config.log.retention_days)
-    EventLog(config.log.dir).emit(
-        "log_purged",
-        reason=f"retention {config.log.retention_days} days",
-        files=[p.name for p in removed] or None,
-    )
-    print(f"log retention: removed {len(removed)} day file(s)")
+    admin = Admin(config)
+    try:
+        changes = apply_lifecycle(
+            admin.directory, now.date(), lambda event, **f: admin.emit(event, **f)
+        )
+        for change in changes:
+            print(f"{change.address}: {change.old_state} -> {change.new_state} ({change.reason})")
+        removed = purge(config.log.dir, now, config.log.retention_days)
+        admin.emit(
+            "log_purged",
+            reason=f"retention {config.log.retention_days} days",
+            files=[p.name for p in removed] or None,
+        )
+    finally:
+        admin.close()
+    print(f"lifecycle: {len(changes)} change(s); log retention: removed {len(removed)} day file(s)")
     return 0
 
 
@@ -165,14 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(commands, "init", cmd_init, "create data folders and a self-signed TLS pair if missing")
 
-    mailbox = commands.add_parser("mailbox", help="manage mailboxes").add_subparsers(
-        dest="mailbox_command", required=True, metavar="ACTION"
-    )
-    mailbox_add = add(mailbox, "add", cmd_mailbox_add, "create a mailbox")
-    mailbox_add.add_argument("address")
-    mailbox_add.add_argument("--name", required=True, help="full name")
-    mailbox_add.add_argument("--kind", choices=KINDS, default="personal")
-    mailbox_add.add_argument("--password", help="initial password (default: generated, printed)")
+    def add_admin(
+        sub: argparse._SubParsersAction, name: str, handler: Callable, help_text: str
+    ) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        command.set_defaults(handler=_run_admin, admin_handler=handler)
+        return command
+
+    add_directory_commands(commands, add_admin)
 
     logs = commands.add_parser("logs", help="event log").add_subparsers(
         dest="logs_command", required=True, metavar="ACTION"
@@ -182,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
         logs_search.add_argument(option)
     logs_search.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    maintenance = add(commands, "maintenance", cmd_maintenance, "apply log retention")
+    maintenance = add(
+        commands, "maintenance", cmd_maintenance, "apply lifecycle rules and log retention"
+    )
     maintenance.add_argument("--now", help="act as of this day (YYYY-MM-DD)")
     return parser
 

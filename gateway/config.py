@@ -112,6 +112,13 @@ class QueueSection:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthSection:
+    max_failures_per_address: int = _opt("count", 5, "failed logins before the address waits")
+    max_failures_per_client: int = _opt("count", 20, "failed logins before the client waits")
+    failure_window_seconds: float = _opt("seconds", 900.0)
+
+
+@dataclass(frozen=True, slots=True)
 class LogSection:
     dir: Path = _opt("path")
     retention_days: int = _opt("count", 183)
@@ -125,6 +132,7 @@ class Config:
     delivery: DeliverySection
     log: LogSection
     queue: QueueSection
+    auth: AuthSection
     imap: ImapSection | None = None
 
     @property
@@ -143,6 +151,7 @@ _SECTIONS: dict[str, tuple[type, bool]] = {
     "imap": (ImapSection, False),
     "delivery": (DeliverySection, True),
     "queue": (QueueSection, False),
+    "auth": (AuthSection, False),
     "log": (LogSection, True),
 }
 

@@ -39,6 +39,8 @@ class MessageContext:
     recipients: list[str]
     body: Body
     received_at: datetime
+    # Addresses the authenticated user may send as (itself and delegated unit mailboxes).
+    sender_identities: frozenset[str] = frozenset()
 
     @cached_property
     def headers(self) -> EmailMessage:

@@ -16,11 +16,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.auth_throttle import LoginThrottle
 from gateway.config import Config, ConfigError, check_ports_free, listeners, load_config
 from gateway.delivery import Router
 from gateway.directory.mailboxes import Directory
 from gateway.events.writer import EventLog
-from gateway.pipeline import EnabledFilter
+from gateway.filters import sender_identity  # noqa: F401  (registers the filter)
+from gateway.pipeline import REGISTRY, EnabledFilter
 from gateway.queue import QueueRunner
 from gateway.relay import Relay
 from gateway.smtp.handler import SessionHandler
@@ -60,8 +62,10 @@ def limits_of(config: Config) -> Limits:
 
 
 def enabled_filters(config: Config) -> tuple[EnabledFilter, ...]:
-    """The filters to run, in order. None exist yet; the policy-filter issue adds them."""
-    return ()
+    """The filters to run, in order: the directory's sender rule first (always on); the
+    policy-filter issue adds the configurable ones after it."""
+    spec = REGISTRY["sender_identity"]
+    return (EnabledFilter(spec, spec.config_type()),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,11 @@ class Runtime:
         self.limits = limits_of(config)
         self.limiter = ConnectionLimiter(
             config.smtp.max_connections, config.smtp.max_connections_per_client
+        )
+        self.throttle = LoginThrottle(
+            config.auth.max_failures_per_address,
+            config.auth.max_failures_per_client,
+            config.auth.failure_window_seconds,
         )
         self.relay = self._relay(config, Router(config))
         self.queue = QueueRunner(lambda: self.relay, lambda: self.config.queue)
@@ -122,6 +131,9 @@ class Runtime:
         self.limits = limits_of(new)
         self.limiter.total = new.smtp.max_connections
         self.limiter.per_client = new.smtp.max_connections_per_client
+        self.throttle.per_address = new.auth.max_failures_per_address
+        self.throttle.per_client = new.auth.max_failures_per_client
+        self.throttle.window = new.auth.failure_window_seconds
         self.relay = self._relay(new, router)
         if router is not old_router:
             await old_router.close()
@@ -134,10 +146,11 @@ class Runtime:
     def listeners(self) -> list[Listener]:
         found = [
             Listener("smtp.inbound_listen", InboundHandler(self), False),
-            Listener("smtp.submission_listen", SubmissionHandler(self), False),
+            Listener("smtp.submission_listen", SubmissionHandler(self, self.throttle), False),
         ]
         if self.config.smtp.submission_tls_listen:
-            found.append(Listener("smtp.submission_tls_listen", SubmissionHandler(self), True))
+            handler = SubmissionHandler(self, self.throttle)
+            found.append(Listener("smtp.submission_tls_listen", handler, True))
         return found
 
     def session_factory(self, listener: Listener) -> GatewaySMTP:

@@ -24,6 +24,39 @@ MIGRATIONS: list[str] = [
         last_access   TEXT
     );
     """,
+    # 2: the directory of the regulations: registration-form fields, rank and contract,
+    # lock reasons and lifecycle dates, units, unit-mailbox delegation, group membership.
+    """
+    ALTER TABLE mailboxes ADD COLUMN unit TEXT;
+    ALTER TABLE mailboxes ADD COLUMN position TEXT;
+    ALTER TABLE mailboxes ADD COLUMN phone TEXT;
+    ALTER TABLE mailboxes ADD COLUMN mobile TEXT;
+    ALTER TABLE mailboxes ADD COLUMN unit_address TEXT;
+    ALTER TABLE mailboxes ADD COLUMN backup_mailbox TEXT;
+    ALTER TABLE mailboxes ADD COLUMN person_id TEXT;
+    ALTER TABLE mailboxes ADD COLUMN rank TEXT NOT NULL DEFAULT 'staff';
+    ALTER TABLE mailboxes ADD COLUMN contract_months INTEGER;
+    ALTER TABLE mailboxes ADD COLUMN lock_reason TEXT;
+    ALTER TABLE mailboxes ADD COLUMN state_changed_at TEXT;
+    ALTER TABLE mailboxes ADD COLUMN retire_on TEXT;
+    ALTER TABLE mailboxes ADD COLUMN password_changed_at TEXT;
+    CREATE INDEX mailboxes_unit ON mailboxes (unit);
+    CREATE INDEX mailboxes_person ON mailboxes (person_id);
+    CREATE TABLE units (
+        symbol TEXT PRIMARY KEY COLLATE NOCASE,
+        name   TEXT NOT NULL
+    );
+    CREATE TABLE delegations (
+        unit_address TEXT PRIMARY KEY COLLATE NOCASE REFERENCES mailboxes (address),
+        delegate     TEXT NOT NULL COLLATE NOCASE REFERENCES mailboxes (address),
+        since        TEXT NOT NULL
+    );
+    CREATE TABLE group_members (
+        group_address TEXT NOT NULL COLLATE NOCASE REFERENCES mailboxes (address),
+        member        TEXT NOT NULL COLLATE NOCASE REFERENCES mailboxes (address),
+        PRIMARY KEY (group_address, member)
+    );
+    """,
 ]
 
 

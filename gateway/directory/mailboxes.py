@@ -1,22 +1,30 @@
-"""Mailboxes: who may authenticate, and what state they are in.
+"""The directory ("danh bạ điện tử"): mailboxes, units, delegations and groups.
 
-A first cut for SMTP AUTH; the directory issue grows it (kinds, units, lifecycle,
-delegation, groups) in place.
+Every method is blocking and short (one transaction); ``serve`` calls them through
+``asyncio.to_thread``. This class is the one small interface a PostgreSQL backend
+would implement for multi-node deployments; only this package runs SQL.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
+from email.utils import parseaddr
 from pathlib import Path
+from typing import Any
 
 from gateway.directory import db
 from gateway.directory.passwords import hash_password, policy_violation, verify_password
 
 KINDS = ("personal", "unit", "group")
+STATES = ("active", "send-locked", "locked", "revoked")
+RANKS = ("staff", "director")
 CAN_AUTHENTICATE = ("active", "send-locked")
+MIN_CONTRACT_MONTHS = 12  # MIC 6.3: personal mailboxes for contracts of at least 1 year
 
 
 class DirectoryError(Exception):
@@ -32,78 +40,423 @@ class Mailbox:
     must_change: bool
     created_at: str
     last_access: str | None
+    unit: str | None = None
+    position: str | None = None
+    phone: str | None = None
+    mobile: str | None = None
+    unit_address: str | None = None
+    backup_mailbox: str | None = None
+    person_id: str | None = None
+    rank: str = "staff"
+    contract_months: int | None = None
+    lock_reason: str | None = None
+    state_changed_at: str | None = None
+    retire_on: str | None = None
+    password_changed_at: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """The registration form (MOST Appendix 03) and what the operator adds to it."""
+
+    address: str
+    full_name: str
+    kind: str = "personal"
+    unit: str | None = None
+    position: str | None = None
+    phone: str | None = None
+    mobile: str | None = None
+    unit_address: str | None = None
+    backup_mailbox: str | None = None
+    person_id: str | None = None
+    rank: str = "staff"
+    contract_months: int | None = None
+
+
+_MAILBOX_COLUMNS = [f.name for f in fields(Mailbox)]
+
+
+def now_text(moment: datetime | None = None) -> str:
+    """Timestamps as stored: UTC, second precision, sortable as text."""
+    return (moment or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_stored(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def check_address(address: str, what: str = "address") -> str:
+    """Lower-cased LOCALPART@DOMAIN, or DirectoryError naming what is wrong."""
+    text = address.strip()
+    name, parsed = parseaddr(text)
+    local, at, domain = parsed.rpartition("@")
+    if (
+        name
+        or parsed != text
+        or not at
+        or not local
+        or "." not in domain
+        or any(c.isspace() for c in text)
+        or local.startswith(".")
+        or local.endswith(".")
+        or ".." in local
+    ):
+        raise DirectoryError(f"{what} {address!r} is not a valid LOCALPART@DOMAIN address")
+    return text.lower()
 
 
 class Directory:
-    """The directory database; methods are blocking (call them via ``asyncio.to_thread``)."""
+    """The directory database at ``path`` (SQLite, WAL)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn = db.connect(path)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> Directory:
         return cls(data_dir / "directory.sqlite3")
 
-    def _row(self, address: str) -> sqlite3.Row | None:
+    def close(self) -> None:
         with self._lock:
-            return self._conn.execute(
-                "SELECT * FROM mailboxes WHERE address = ?", (address,)
-            ).fetchone()
+            self._conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction; all or nothing."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    # -- reading ------------------------------------------------------------------------
 
     def get(self, address: str) -> Mailbox | None:
-        row = self._row(address)
-        if row is None:
-            return None
-        return Mailbox(
-            row["address"],
-            row["full_name"],
-            row["kind"],
-            row["state"],
-            bool(row["must_change"]),
-            row["created_at"],
-            row["last_access"],
-        )
+        rows = self._query("SELECT * FROM mailboxes WHERE address = ?", (address.strip(),))
+        return _mailbox(rows[0]) if rows else None
 
-    def add(self, address: str, full_name: str, kind: str, password: str) -> Mailbox:
-        if "@" not in address or address.startswith("@") or address.endswith("@"):
-            raise DirectoryError(f"{address!r} is not an address (LOCALPART@DOMAIN)")
-        if kind not in KINDS:
-            raise DirectoryError(f"kind must be one of {', '.join(KINDS)}")
-        problem = policy_violation(password, address)
-        if problem:
-            raise DirectoryError(f"password refused: {problem}")
-        try:
-            with self._lock:
-                self._conn.execute(
-                    "INSERT INTO mailboxes (address, full_name, kind, password_hash, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (address.lower(), full_name, kind, hash_password(password), _now()),
-                )
-        except sqlite3.IntegrityError:
-            raise DirectoryError(f"{address} already exists") from None
+    def require(self, address: str) -> Mailbox:
         mailbox = self.get(address)
-        assert mailbox is not None
+        if mailbox is None:
+            raise DirectoryError(f"no mailbox {address}")
         return mailbox
 
+    def list(
+        self, unit: str | None = None, state: str | None = None, must_change: bool = False
+    ) -> list[Mailbox]:
+        clauses, args = [], []
+        if unit:
+            clauses.append("unit = ? COLLATE NOCASE")
+            args.append(unit)
+        if state:
+            if state not in STATES:
+                raise DirectoryError(f"state must be one of {', '.join(STATES)}")
+            clauses.append("state = ?")
+            args.append(state)
+        if must_change:
+            clauses.append("must_change = 1")
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._query(f"SELECT * FROM mailboxes{where} ORDER BY address", tuple(args))
+        return [_mailbox(row) for row in rows]
+
+    def is_unavailable(self, address: str) -> bool:
+        """Taken, or revoked but reserved (a revoked address is never handed out again)."""
+        return bool(self._query("SELECT 1 FROM mailboxes WHERE address = ?", (address,)))
+
+    def accepts_mail(self, address: str) -> bool:
+        """MIC 7.1: locked mailboxes still receive; revoked and unknown ones do not."""
+        rows = self._query("SELECT state FROM mailboxes WHERE address = ?", (address,))
+        return bool(rows) and rows[0]["state"] != "revoked"
+
+    # -- units --------------------------------------------------------------------------
+
+    def add_unit(self, symbol: str, name: str) -> None:
+        if not symbol.strip() or not name.strip():
+            raise DirectoryError("a unit needs a symbol and a name")
+        try:
+            with self._transaction() as conn:
+                conn.execute("INSERT INTO units VALUES (?, ?)", (symbol.strip(), name.strip()))
+        except sqlite3.IntegrityError:
+            raise DirectoryError(f"unit {symbol} already exists") from None
+
+    def units(self) -> dict[str, str]:
+        return {row["symbol"]: row["name"] for row in self._query("SELECT * FROM units")}
+
+    def unit_symbol_of(self, symbol_or_name: str) -> str | None:
+        rows = self._query(
+            "SELECT symbol FROM units WHERE symbol = ? OR name = ? COLLATE NOCASE",
+            (symbol_or_name.strip(), symbol_or_name.strip()),
+        )
+        return rows[0]["symbol"] if rows else None
+
+    # -- creating -----------------------------------------------------------------------
+
+    def validate(self, form: Registration, password: str | None) -> Registration:
+        """The form as it would be stored, or DirectoryError with the first rule it breaks."""
+        address = check_address(form.address)
+        if not form.full_name.strip():
+            raise DirectoryError("full name is empty")
+        if form.kind not in KINDS:
+            raise DirectoryError(f"kind must be one of {', '.join(KINDS)}")
+        if form.rank not in RANKS:
+            raise DirectoryError(f"rank must be one of {', '.join(RANKS)}")
+        unit = None
+        if form.unit:
+            unit = self.unit_symbol_of(form.unit)
+            if unit is None:
+                raise DirectoryError(f"unknown unit {form.unit!r} (add it with: mailgate unit add)")
+        if form.kind == "unit" and unit is None:
+            raise DirectoryError("a unit mailbox needs --unit")
+        if form.backup_mailbox:
+            check_address(form.backup_mailbox, "backup mailbox")
+        if form.contract_months is not None:
+            if form.contract_months <= 0:
+                raise DirectoryError("contract term must be a positive number of months")
+            if form.kind == "personal" and form.contract_months < MIN_CONTRACT_MONTHS:
+                raise DirectoryError(
+                    f"contract of {form.contract_months} months: personal mailboxes need"
+                    f" at least {MIN_CONTRACT_MONTHS} (MIC 6.3)"
+                )
+        if self.is_unavailable(address):
+            raise DirectoryError(f"{address} is taken or reserved")
+        if form.kind == "personal" and form.person_id:
+            twin = self._query(
+                "SELECT address FROM mailboxes WHERE kind = 'personal' AND person_id = ?"
+                " AND state != 'revoked'",
+                (form.person_id,),
+            )
+            if twin:
+                raise DirectoryError(
+                    f"person {form.person_id} already has {twin[0]['address']}"
+                    " (one personal mailbox per person, MOST 12.3)"
+                )
+        if form.kind == "unit":
+            twin = self._query(
+                "SELECT address FROM mailboxes WHERE kind = 'unit' AND unit = ?"
+                " AND state != 'revoked'",
+                (unit,),
+            )
+            if twin:
+                raise DirectoryError(
+                    f"unit {unit} already has {twin[0]['address']} (one per unit, MOST 12.3)"
+                )
+        if form.kind != "group" and password is not None:
+            problem = policy_violation(password, address)
+            if problem:
+                raise DirectoryError(f"password refused: {problem}")
+        return Registration(**{**asdict(form), "address": address, "unit": unit})
+
+    def add(self, form: Registration, password: str | None, must_change: bool = True) -> Mailbox:
+        """Create a mailbox. Groups have no password; others start with "must change"
+        set (MOST 15.2) unless the operator's password is the user's own."""
+        form = self.validate(form, password)
+        password_hash = hash_password(password) if password and form.kind != "group" else None
+        now = now_text()
+        values = asdict(form) | {
+            "password_hash": password_hash,
+            "must_change": int(bool(password_hash) and must_change),
+            "created_at": now,
+            "state_changed_at": now,
+            "password_changed_at": now if password_hash else None,
+        }
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        try:
+            with self._transaction() as conn:
+                conn.execute(
+                    f"INSERT INTO mailboxes ({columns}) VALUES ({marks})", tuple(values.values())
+                )
+        except sqlite3.IntegrityError:
+            raise DirectoryError(f"{form.address} is taken or reserved") from None
+        return self.require(form.address)
+
+    # -- passwords and authentication ------------------------------------------------
+
+    def set_password(self, address: str, password: str, must_change: bool) -> None:
+        mailbox = self.require(address)
+        if mailbox.kind == "group":
+            raise DirectoryError(f"{mailbox.address} is a group: groups have no password")
+        problem = policy_violation(password, mailbox.address)
+        if problem:
+            raise DirectoryError(f"password refused: {problem}")
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE mailboxes SET password_hash = ?, must_change = ?,"
+                " password_changed_at = ? WHERE address = ?",
+                (hash_password(password), int(must_change), now_text(), mailbox.address),
+            )
+
     def authenticate(self, login: str, password: str) -> Mailbox | None:
-        """The mailbox if the password matches and its state allows logging in; records access."""
-        row = self._row(login)
+        """The mailbox if the password matches and its state allows logging in
+        (locked and revoked do not: MIC 7.1); records the access (MOST 13.3)."""
+        rows = self._query("SELECT * FROM mailboxes WHERE address = ?", (login.strip(),))
+        row = rows[0] if rows else None
         # Verify even for unknown users, so timing does not reveal which addresses exist.
         ok = verify_password(row["password_hash"] if row else None, password)
         if not ok or row is None or row["state"] not in CAN_AUTHENTICATE:
             return None
-        with self._lock:
-            self._conn.execute(
-                "UPDATE mailboxes SET last_access = ? WHERE address = ?", (_now(), row["address"])
-            )
+        self.record_access(row["address"])
         return self.get(row["address"])
 
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+    def login_refusal(self, login: str) -> str | None:
+        """Why a correct password would still be refused, for the event log only."""
+        mailbox = self.get(login)
+        if mailbox and mailbox.state not in CAN_AUTHENTICATE:
+            return f"mailbox {mailbox.state}: {mailbox.lock_reason or 'no reason recorded'}"
+        return None
+
+    def record_access(self, address: str, moment: datetime | None = None) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE mailboxes SET last_access = ? WHERE address = ?",
+                (now_text(moment), address),
+            )
+
+    # -- states ---------------------------------------------------------------------
+
+    def set_state(
+        self, address: str, state: str, reason: str, moment: datetime | None = None
+    ) -> Mailbox:
+        if state not in STATES:
+            raise DirectoryError(f"state must be one of {', '.join(STATES)}")
+        mailbox = self.require(address)
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE mailboxes SET state = ?, lock_reason = ?, state_changed_at = ?"
+                " WHERE address = ?",
+                (state, None if state == "active" else reason, now_text(moment), mailbox.address),
+            )
+        return self.require(address)
+
+    def unlock(self, address: str, new_password: str) -> Mailbox:
+        """MIC 7.3: reactivate, reset the password, "must change" at first login. Counts as
+        an access, so the inactivity rule does not lock it again at once."""
+        mailbox = self.require(address)
+        if mailbox.state == "revoked":
+            raise DirectoryError(f"{mailbox.address} is revoked; revocation is final")
+        if mailbox.kind != "group":
+            self.set_password(mailbox.address, new_password, must_change=True)
+        self.record_access(mailbox.address)
+        return self.set_state(mailbox.address, "active", "unlocked")
+
+    def set_retirement(self, address: str, day: str) -> Mailbox:
+        try:
+            datetime.strptime(day, "%Y-%m-%d")
+        except ValueError:
+            raise DirectoryError(f"date {day!r} is not YYYY-MM-DD") from None
+        mailbox = self.require(address)
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE mailboxes SET retire_on = ? WHERE address = ?", (day, mailbox.address)
+            )
+        return self.require(address)
+
+    # -- delegation (MOST 14.4, MIC 12.3) ---------------------------------------------
+
+    def delegate(self, unit_address: str, person: str) -> str | None:
+        """Let ``person`` send as the unit mailbox; returns the previous delegate."""
+        unit = self.require(unit_address)
+        delegate = self.require(person)
+        if unit.kind != "unit":
+            raise DirectoryError(f"{unit.address} is not a unit mailbox")
+        if delegate.kind != "personal" or delegate.state == "revoked":
+            raise DirectoryError(f"{delegate.address} is not an active personal mailbox")
+        previous = self.delegate_of(unit.address)
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO delegations VALUES (?, ?, ?) ON CONFLICT (unit_address)"
+                " DO UPDATE SET delegate = excluded.delegate, since = excluded.since",
+                (unit.address, delegate.address, now_text()),
+            )
+        return previous
+
+    def undelegate(self, unit_address: str) -> str | None:
+        previous = self.delegate_of(unit_address)
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM delegations WHERE unit_address = ?", (unit_address,))
+        return previous
+
+    def delegate_of(self, unit_address: str) -> str | None:
+        rows = self._query(
+            "SELECT delegate FROM delegations WHERE unit_address = ?", (unit_address,)
+        )
+        return rows[0]["delegate"] if rows else None
+
+    def sender_identities(self, address: str) -> frozenset[str]:
+        """Who ``address`` may send as: itself and the unit mailboxes delegated to it."""
+        rows = self._query("SELECT unit_address FROM delegations WHERE delegate = ?", (address,))
+        return frozenset({address.lower(), *(row["unit_address"].lower() for row in rows)})
+
+    # -- groups -------------------------------------------------------------------------
+
+    def add_member(self, group: str, member: str) -> None:
+        """Add ``member`` (a mailbox or another group); a cycle is refused."""
+        owner = self.require(group)
+        target = self.require(member)
+        if owner.kind != "group":
+            raise DirectoryError(f"{owner.address} is not a group")
+        if owner.address == target.address or owner.address in self._reachable(target.address):
+            raise DirectoryError(
+                f"adding {target.address} to {owner.address} would make a cycle of groups"
+            )
+        try:
+            with self._transaction() as conn:
+                conn.execute(
+                    "INSERT INTO group_members VALUES (?, ?)", (owner.address, target.address)
+                )
+        except sqlite3.IntegrityError:
+            raise DirectoryError(f"{target.address} is already in {owner.address}") from None
+
+    def remove_member(self, group: str, member: str) -> None:
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM group_members WHERE group_address = ? AND member = ?",
+                (group.strip(), member.strip()),
+            )
+        if cursor.rowcount == 0:
+            raise DirectoryError(f"{member} is not a member of {group}")
+
+    def members(self, group: str) -> list[str]:
+        rows = self._query(
+            "SELECT member FROM group_members WHERE group_address = ? ORDER BY member",
+            (group,),
+        )
+        return [row["member"] for row in rows]
+
+    def _reachable(self, group: str) -> set[str]:
+        """Every address reachable from ``group`` through membership (groups included)."""
+        seen: set[str] = set()
+        todo = [group]
+        while todo:
+            for member in self.members(todo.pop()):
+                if member not in seen:
+                    seen.add(member)
+                    todo.append(member)
+        return seen
+
+    def expand_group(self, group: str) -> list[str]:
+        """The flattened, de-duplicated set of non-group mailboxes a group reaches, revoked
+        ones left out (what the policy filter delivers to), sorted."""
+        found = []
+        for address in self._reachable(group):
+            mailbox = self.get(address)
+            if mailbox and mailbox.kind != "group" and mailbox.state != "revoked":
+                found.append(mailbox.address)
+        return sorted(found)
+
+
+def _mailbox(row: sqlite3.Row) -> Mailbox:
+    values = {name: row[name] for name in _MAILBOX_COLUMNS}
+    values["must_change"] = bool(values["must_change"])
+    return Mailbox(**values)

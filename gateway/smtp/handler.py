@@ -7,7 +7,9 @@ two listeners differ only in who may relay and whether AUTH exists, which
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import sqlite3
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
@@ -140,7 +142,7 @@ class SessionHandler:
         if address.lower() == "postmaster":  # RFC 5321 4.5.1: must be accepted bare
             address = f"postmaster@{config.gateway.domains[0]}"
         if "@" in address:
-            refusal = self.check_recipient(session, address)
+            refusal = await self.check_recipient(session, address)
         else:
             refusal = replies.BAD_ADDRESS.with_rule("rcpt", "LOCALPART@DOMAIN expected")
         if refusal is not None:
@@ -163,8 +165,18 @@ class SessionHandler:
         """None to accept MAIL FROM, or the refusal naming its rule."""
         return None
 
-    def check_recipient(self, session: Session, address: str) -> Reply | None:
-        """None to accept RCPT TO, or the refusal naming its rule."""
+    async def check_recipient(self, session: Session, address: str) -> Reply | None:
+        """None to accept RCPT TO, or the refusal naming its rule. A local recipient must
+        be in the directory and not revoked; locked mailboxes still receive (MIC 7.1)."""
+        if not self.runtime.config.is_local(address):
+            return None
+        try:
+            known = await asyncio.to_thread(self.runtime.directory.accepts_mail, address)
+        except sqlite3.Error:
+            self.runtime.log.exception("directory lookup failed")
+            return replies.DIRECTORY_UNAVAILABLE.with_rule("directory")
+        if not known:
+            return replies.NO_SUCH_USER.with_rule("directory", "no such mailbox")
         return None
 
     # -- DATA ---------------------------------------------------------------------------
@@ -211,6 +223,7 @@ class SessionHandler:
             recipients=list(envelope.rcpt_tos),
             body=body,
             received_at=datetime.now(UTC),
+            sender_identities=getattr(server.session, "sender_identities", frozenset()),
         )
         try:
             return await self.runtime.relay.handle(ctx)

@@ -14,7 +14,7 @@ class InboundHandler(SessionHandler):
 
     listener = "inbound"
 
-    def check_recipient(self, session: Session, address: str) -> Reply | None:
+    async def check_recipient(self, session: Session, address: str) -> Reply | None:
         if not self.runtime.config.is_local(address):
             return replies.RELAY_DENIED.with_rule("relay", "not a local domain")
-        return None
+        return await super().check_recipient(session, address)

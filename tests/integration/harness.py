@@ -18,7 +18,13 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from gateway.directory.mailboxes import Directory, Registration
+
 REPO = Path(__file__).resolve().parents[2]
+# Local mailboxes every test gateway's directory knows (they receive; none can log in).
+RECIPIENTS = tuple(
+    f"{name}@example.gov.vn" for name in ("alice", "bob", "carol", "nobody", "ghost")
+)
 MAILGATE = [sys.executable, "-m", "gateway.cli"]
 DOMAIN = "example.gov.vn"
 
@@ -72,6 +78,7 @@ class Gateway:
     outbound: str
     smtp_extra: dict[str, Any] = field(default_factory=dict)
     queue: dict[str, Any] = field(default_factory=dict)
+    mailboxes: tuple[str, ...] = RECIPIENTS
     process: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
@@ -79,6 +86,16 @@ class Gateway:
         self.submission_port = free_port()
         self.config_path = self.workdir / "gateway.toml"
         self.write_config()
+        self.add_recipients(*self.mailboxes)
+
+    def add_recipients(self, *addresses: str) -> None:
+        """Mailboxes that receive but cannot log in (no password: no argon2 cost)."""
+        directory = Directory.for_data_dir(self.workdir / "var")
+        try:
+            for address in addresses:
+                directory.add(Registration(address, address.split("@")[0].title()), None)
+        finally:
+            directory.close()
 
     @property
     def log_dir(self) -> Path:

@@ -23,10 +23,12 @@ def add_user(gateway: Gateway) -> None:
     gateway.cli("mailbox", "add", USER, "--name", "Nguyễn Văn A", "--password", PASSWORD)
 
 
-def submit(gateway: Gateway, recipients: list[str], sender: str = "a@other.org") -> tuple:
+def submit(gateway: Gateway, recipients: list[str], sender: str | None = None) -> tuple:
     """Send and return (code, text) of the final reply instead of raising. Mail with a
-    foreign recipient goes through submission (AUTH), the rest through inbound."""
+    foreign recipient goes through submission (AUTH, as USER), the rest through inbound."""
     outbound = any(not r.endswith("@example.gov.vn") for r in recipients)
+    if sender is None:
+        sender = USER if outbound else "a@other.org"
     port = gateway.submission_port if outbound else gateway.inbound_port
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.ehlo("client.test")

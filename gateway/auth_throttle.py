@@ -1,0 +1,56 @@
+"""Failed-login throttling per address and per client (MOST 15.2, MIC 15.2).
+
+Counts failures in a sliding window in memory: a guesser is slowed down without a
+database write per attempt, and a restart forgives, which is acceptable for a
+window of minutes. Shared by SMTP AUTH and, later, the IMAP proxy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+
+
+class LoginThrottle:
+    def __init__(
+        self,
+        per_address: int,
+        per_client: int,
+        window_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_address = per_address
+        self.per_client = per_client
+        self.window = window_seconds
+        self._clock = clock
+        self._by_address: defaultdict[str, deque[float]] = defaultdict(deque)
+        self._by_client: defaultdict[str, deque[float]] = defaultdict(deque)
+
+    def _recent(self, table: defaultdict[str, deque[float]], key: str) -> int:
+        stamps = table.get(key)
+        if not stamps:
+            return 0
+        horizon = self._clock() - self.window
+        while stamps and stamps[0] < horizon:
+            stamps.popleft()
+        if not stamps:
+            del table[key]
+            return 0
+        return len(stamps)
+
+    def blocked(self, address: str, client: str) -> str | None:
+        """Why a login from ``client`` as ``address`` must wait, or None."""
+        if self._recent(self._by_address, address.lower()) >= self.per_address:
+            return f"too many failed logins for {address.lower()}"
+        if self._recent(self._by_client, client) >= self.per_client:
+            return f"too many failed logins from {client}"
+        return None
+
+    def failed(self, address: str, client: str) -> None:
+        now = self._clock()
+        self._by_address[address.lower()].append(now)
+        self._by_client[client].append(now)
+
+    def succeeded(self, address: str) -> None:
+        self._by_address.pop(address.lower(), None)
