@@ -572,6 +572,12 @@ dir = "{base / "log"}"
 """
     cfg_path = base / "mailgate.toml"
     cfg_path.write_text(config, encoding="utf-8")
+    # The gateway only accepts local recipients its directory knows (550 5.1.1 otherwise).
+    subprocess.run(
+        [*gateway_command(binary), "-c", str(cfg_path), "mailbox", "add", RCPT,
+         "--name", "Bench Recipient"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
     cmd = [*gateway_command(binary), "-c", str(cfg_path), "serve"]
     return ProcessServer("gateway", cmd, inbound, workdir, ready_timeout=60)
 
