@@ -221,12 +221,9 @@ def directory_import(admin: Admin, args: argparse.Namespace) -> None:
     report = import_csv(admin.directory, Path(args.file), domain, dry_run=args.dry_run)
     print(report.format())
     if not report.ok:
-        raise CommandError(f"{args.file}: {len(report.errors)} invalid row(s); nothing changed")
-    if not args.dry_run:
-        admin.emit(
-            "directory_imported", reason=args.file,
-            users=[row.address for row in report.rows if row.address],
-        )  # fmt: skip
+        raise CommandError(f"{args.file}: {len(report.errors)} problem(s); nothing changed")
+    if report.created:
+        admin.emit("directory_imported", reason=args.file, users=report.created)
 
 
 def report_units(admin: Admin, args: argparse.Namespace) -> None:

@@ -260,26 +260,40 @@ class Directory:
     def add(self, form: Registration, password: str | None, must_change: bool = True) -> Mailbox:
         """Create a mailbox. Groups have no password; others start with "must change"
         set (MOST 15.2) unless the operator's password is the user's own."""
-        form = self.validate(form, password)
-        password_hash = hash_password(password) if password and form.kind != "group" else None
-        now = now_text()
-        values = asdict(form) | {
-            "password_hash": password_hash,
-            "must_change": int(bool(password_hash) and must_change),
-            "created_at": now,
-            "state_changed_at": now,
-            "password_changed_at": now if password_hash else None,
-        }
-        columns = ", ".join(values)
-        marks = ", ".join("?" for _ in values)
+        (mailbox,) = self.add_many([(form, password)], must_change)
+        return mailbox
+
+    def add_many(
+        self, items: list[tuple[Registration, str | None]], must_change: bool = True
+    ) -> list[Mailbox]:
+        """Create several mailboxes in one transaction: all of them or none (CSV import)."""
+        rows = []
+        for form, password in items:
+            form = self.validate(form, password)
+            password_hash = hash_password(password) if password and form.kind != "group" else None
+            now = now_text()
+            rows.append(
+                asdict(form)
+                | {
+                    "password_hash": password_hash,
+                    "must_change": int(bool(password_hash) and must_change),
+                    "created_at": now,
+                    "state_changed_at": now,
+                    "password_changed_at": now if password_hash else None,
+                }
+            )
         try:
             with self._transaction() as conn:
-                conn.execute(
-                    f"INSERT INTO mailboxes ({columns}) VALUES ({marks})", tuple(values.values())
-                )
+                for values in rows:
+                    columns = ", ".join(values)
+                    marks = ", ".join("?" for _ in values)
+                    conn.execute(
+                        f"INSERT INTO mailboxes ({columns}) VALUES ({marks})",
+                        tuple(values.values()),
+                    )
         except sqlite3.IntegrityError:
-            raise DirectoryError(f"{form.address} is taken or reserved") from None
-        return self.require(form.address)
+            raise DirectoryError("nothing created: an address is taken or reserved") from None
+        return [self.require(values["address"]) for values in rows]
 
     # -- passwords and authentication ------------------------------------------------
 
