@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import Config
+from gateway.directory.addresses import suggest
+from gateway.directory.importer import import_csv
 from gateway.directory.mailboxes import (
     KINDS,
     RANKS,
@@ -23,6 +25,7 @@ from gateway.directory.mailboxes import (
     Registration,
 )
 from gateway.directory.passwords import generate_password
+from gateway.directory.report import format_units_report, units_report
 from gateway.events.writer import EventLog
 
 
@@ -202,21 +205,18 @@ def unit_list(admin: Admin, args: argparse.Namespace) -> None:
 
 
 def address_suggest(admin: Admin, args: argparse.Namespace) -> None:
-    from gateway.directory.addresses import suggest
-
     domain = args.domain or admin.config.gateway.domains[0]
     unit = admin.directory.unit_symbol_of(args.unit) if args.unit else None
     if args.unit and unit is None:
         raise DirectoryError(f"unknown unit {args.unit!r} (add it with: mailgate unit add)")
     try:
-        print(suggest(args.full_name, domain, admin.directory.is_unavailable, unit=unit))
+        local = suggest(args.full_name, domain, admin.directory.is_unavailable, unit=unit)
     except ValueError as exc:
         raise DirectoryError(str(exc)) from None
+    print(f"{local}@{domain.lower()}")
 
 
 def directory_import(admin: Admin, args: argparse.Namespace) -> None:
-    from gateway.directory.importer import import_csv
-
     domain = args.domain or admin.config.gateway.domains[0]
     report = import_csv(admin.directory, Path(args.file), domain, dry_run=args.dry_run)
     print(report.format())
@@ -227,8 +227,6 @@ def directory_import(admin: Admin, args: argparse.Namespace) -> None:
 
 
 def report_units(admin: Admin, args: argparse.Namespace) -> None:
-    from gateway.directory.report import format_units_report, units_report
-
     rows = units_report(admin.directory)
     if args.json:
         for row in rows:
