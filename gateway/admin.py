@@ -115,7 +115,13 @@ def mailbox_list(admin: Admin, args: argparse.Namespace) -> None:
 
 
 def mailbox_passwd(admin: Admin, args: argparse.Namespace) -> None:
-    """The user's own change (clears "must change"); an operator reset uses ``--reset``."""
+    """The user's own change (clears "must change"; ``--old-password`` proves it is the
+    user); an operator reset uses ``--reset`` and sets "must change" (MOST 15.2)."""
+    if args.old_password is not None:
+        mailbox = admin.directory.require(args.address)
+        if not admin.directory.check_password(mailbox.address, args.old_password):
+            admin.emit("password_change_refused", user=mailbox.address, reason="wrong old password")
+            raise DirectoryError("the old password does not match")
     admin.directory.set_password(args.address, args.password, must_change=args.reset)
     admin.emit(
         "password_changed", user=args.address.lower(), reason="reset" if args.reset else None
@@ -270,6 +276,7 @@ def add_directory_commands(
     p = add(mailbox, "passwd", mailbox_passwd, "set a password under the policy")
     p.add_argument("address")
     p.add_argument("--password", required=True)
+    p.add_argument("--old-password", help="self-service: prove the current password first")
     p.add_argument("--reset", action="store_true", help="operator reset: set 'must change'")
     p = add(mailbox, "lock", mailbox_lock, "lock a mailbox (it still receives mail)")
     p.add_argument("address")

@@ -311,6 +311,11 @@ class Directory:
                 (hash_password(password), int(must_change), now_text(), mailbox.address),
             )
 
+    def check_password(self, address: str, password: str) -> bool:
+        """Whether ``password`` is the mailbox's current one; no access is recorded."""
+        rows = self._query("SELECT password_hash FROM mailboxes WHERE address = ?", (address,))
+        return verify_password(rows[0]["password_hash"] if rows else None, password)
+
     def authenticate(self, login: str, password: str) -> Mailbox | None:
         """The mailbox if the password matches and its state allows logging in
         (locked and revoked do not: MIC 7.1); records the access (MOST 13.3)."""
