@@ -23,6 +23,7 @@ from gateway.directory.mailboxes import (
     DirectoryError,
     Mailbox,
     Registration,
+    check_address,
 )
 from gateway.directory.passwords import generate_password
 from gateway.directory.report import format_units_report, units_report
@@ -42,7 +43,8 @@ class Admin:
         self.events = EventLog(config.log.dir)
 
     def emit(self, event: str, **fields: Any) -> None:
-        self.events.emit(event, actor="cli", **fields)
+        fields.setdefault("actor", "cli")
+        self.events.emit(event, **fields)
 
     def close(self) -> None:
         self.directory.close()
@@ -51,7 +53,7 @@ class Admin:
 
 def describe(mailbox: Mailbox, directory: Directory) -> dict[str, Any]:
     """What ``mailbox show`` prints: the record, plus members or delegate where they apply."""
-    shown = {k: v for k, v in mailbox.as_dict().items() if v is not None}
+    shown = mailbox.as_dict()
     if mailbox.kind == "group":
         shown["members"] = directory.members(mailbox.address)
         shown["expanded"] = directory.expand_group(mailbox.address)
@@ -69,7 +71,7 @@ def _print_record(record: dict[str, Any], as_json: bool) -> None:
     width = max(map(len, record))
     for key, value in record.items():
         shown = ", ".join(value) if isinstance(value, list) else value
-        print(f"{key:<{width}}  {shown}")
+        print(f"{key:<{width}}  {'-' if shown is None else shown}")
 
 
 def mailbox_add(admin: Admin, args: argparse.Namespace) -> None:
@@ -87,6 +89,11 @@ def mailbox_add(admin: Admin, args: argparse.Namespace) -> None:
         rank=args.rank,
         contract_months=args.contract_months,
     )
+    if not admin.config.is_local(check_address(args.address)):  # syntax first, then MOST 12.2
+        domains = ", ".join(admin.config.gateway.domains)
+        raise DirectoryError(
+            f"{args.address} is not in an official domain of this gateway ({domains}; MOST 12.2)"
+        )
     generated = args.password is None and args.kind != "group"
     password = generate_password(args.address) if generated else args.password
     mailbox = admin.directory.add(form, password, must_change=generated)

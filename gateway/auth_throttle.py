@@ -47,10 +47,16 @@ class LoginThrottle:
             return f"too many failed logins from {client}"
         return None
 
+    MAX_KEYS = 100_000
+
     def failed(self, address: str, client: str) -> None:
         now = self._clock()
         self._by_address[address.lower()].append(now)
         self._by_client[client].append(now)
+        for table in (self._by_address, self._by_client):
+            if len(table) > self.MAX_KEYS:  # a guesser spraying addresses: drop stale keys
+                for key in list(table):
+                    self._recent(table, key)
 
     def succeeded(self, address: str) -> None:
         self._by_address.pop(address.lower(), None)

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,18 @@ def parse_stored(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
+def _valid_domain(domain: str) -> bool:
+    """RFC 1035 host name: at least two labels of letters, digits and inner hyphens."""
+    labels = domain.split(".")
+    return len(labels) >= 2 and all(
+        0 < len(label) <= 63
+        and not label.startswith("-")
+        and not label.endswith("-")
+        and all(c.isalnum() or c == "-" for c in label)
+        for label in labels
+    )
+
+
 def check_address(address: str, what: str = "address") -> str:
     """Lower-cased LOCALPART@DOMAIN, or DirectoryError naming what is wrong."""
     text = address.strip()
@@ -98,7 +110,7 @@ def check_address(address: str, what: str = "address") -> str:
         or parsed != text
         or not at
         or not local
-        or "." not in domain
+        or not _valid_domain(domain)
         or any(c.isspace() for c in text)
         or local.startswith(".")
         or local.endswith(".")
@@ -371,13 +383,14 @@ class Directory:
 
     def set_retirement(self, address: str, day: str) -> Mailbox:
         try:
-            datetime.strptime(day, "%Y-%m-%d")
+            left = date.fromisoformat(day.strip())
         except ValueError:
             raise DirectoryError(f"date {day!r} is not YYYY-MM-DD") from None
         mailbox = self.require(address)
         with self._transaction() as conn:
             conn.execute(
-                "UPDATE mailboxes SET retire_on = ? WHERE address = ?", (day, mailbox.address)
+                "UPDATE mailboxes SET retire_on = ? WHERE address = ?",
+                (left.isoformat(), mailbox.address),
             )
         return self.require(address)
 
@@ -413,8 +426,14 @@ class Directory:
         return rows[0]["delegate"] if rows else None
 
     def sender_identities(self, address: str) -> frozenset[str]:
-        """Who ``address`` may send as: itself and the unit mailboxes delegated to it."""
-        rows = self._query("SELECT unit_address FROM delegations WHERE delegate = ?", (address,))
+        """Who ``address`` may send as: itself and the active unit mailboxes delegated to it
+        (a locked unit mailbox may not send, whoever speaks for it: MIC 7.1)."""
+        rows = self._query(
+            "SELECT d.unit_address FROM delegations AS d"
+            " JOIN mailboxes AS m ON m.address = d.unit_address"
+            " WHERE d.delegate = ? AND m.state = 'active'",
+            (address,),
+        )
         return frozenset({address.lower(), *(row["unit_address"].lower() for row in rows)})
 
     # -- groups -------------------------------------------------------------------------
