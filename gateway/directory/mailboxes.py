@@ -32,33 +32,6 @@ class DirectoryError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Mailbox:
-    address: str
-    full_name: str
-    kind: str
-    state: str
-    must_change: bool
-    created_at: str
-    last_access: str | None
-    unit: str | None = None
-    position: str | None = None
-    phone: str | None = None
-    mobile: str | None = None
-    unit_address: str | None = None
-    backup_mailbox: str | None = None
-    person_id: str | None = None
-    rank: str = "staff"
-    contract_months: int | None = None
-    lock_reason: str | None = None
-    state_changed_at: str | None = None
-    retire_on: str | None = None
-    password_changed_at: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
 class Registration:
     """The registration form (MOST Appendix 03) and what the operator adds to it."""
 
@@ -74,6 +47,23 @@ class Registration:
     person_id: str | None = None
     rank: str = "staff"
     contract_months: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Mailbox(Registration):
+    """A stored mailbox: the registration plus its state and history."""
+
+    state: str
+    must_change: bool
+    created_at: str
+    last_access: str | None = None
+    lock_reason: str | None = None
+    state_changed_at: str | None = None
+    retire_on: str | None = None
+    password_changed_at: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 _MAILBOX_COLUMNS = [f.name for f in fields(Mailbox)]

@@ -20,24 +20,12 @@ from gateway.config import (
     parse_config,
 )
 from gateway.tls import write_self_signed
+from tests.unit.fakes import MINIMAL_CONFIG
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "config" / "gateway.toml"
 
-MINIMAL: dict[str, Any] = {
-    "gateway": {
-        "hostname": "mail.example.gov.vn",
-        "domains": ["example.gov.vn"],
-        "data_dir": "var",
-    },
-    "smtp": {
-        "inbound_listen": "127.0.0.1:2525",
-        "submission_listen": "127.0.0.1:5870",
-        "require_tls_for_auth": False,
-    },
-    "delivery": {"local": "maildir:var/mail", "outbound": "smtp://127.0.0.1:2526"},
-    "log": {"dir": "var/log"},
-}
+MINIMAL = MINIMAL_CONFIG
 
 
 def data(**sections: dict[str, Any]) -> dict[str, Any]:

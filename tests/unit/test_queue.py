@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import Config, QueueSection, parse_config
+from gateway.config import Config, QueueSection
 from gateway.delivery import Router
 from gateway.dsn import FailedRecipient
 from gateway.events.writer import EventLog
@@ -25,6 +25,7 @@ from gateway.queue import EXPIRED_STATUS, QueueRunner, next_delay
 from gateway.relay import Relay
 from gateway.smtp.replies import Reply
 from gateway.spool import Body, QueueEntry, Spool, new_queue_id
+from tests.unit.fakes import FakeDeliverer, make_config
 
 SENDER = "an@example.gov.vn"
 OUTBOUND_HOP = "smtp://fake-relay:25"
@@ -47,40 +48,6 @@ SETTINGS = QueueSection(
     retry_max_seconds=600.0,
     scan_interval_seconds=5.0,
 )
-
-
-def make_config(tmp_path: Path) -> Config:
-    raw = {
-        "gateway": {
-            "hostname": "mail.example.gov.vn",
-            "domains": ["example.gov.vn"],
-            "data_dir": "var",
-        },
-        "smtp": {
-            "inbound_listen": "127.0.0.1:2525",
-            "submission_listen": "127.0.0.1:5870",
-            "require_tls_for_auth": False,
-        },
-        "delivery": {"local": "maildir:var/mail", "outbound": "smtp://127.0.0.1:2526"},
-        "log": {"dir": "var/log"},
-    }
-    return parse_config(raw, tmp_path / "gw.toml")
-
-
-class FakeDeliverer:
-    def __init__(self, hop: str, default: Reply = OK_250) -> None:
-        self.hop = hop
-        self.default = default
-        self.answers: dict[str, Reply] = {}
-        self.calls: list[tuple[str, list[str]]] = []
-
-    async def deliver(self, sender: str, recipients: Sequence[str], body: Body) -> dict[str, Reply]:
-        assert body.read() is not None
-        self.calls.append((sender, list(recipients)))
-        return {r: self.answers.get(r, self.default) for r in recipients}
-
-    async def close(self) -> None:
-        pass
 
 
 class Clock:

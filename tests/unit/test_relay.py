@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import Config, parse_config
+from gateway.config import Config
 from gateway.delivery import Router
 from gateway.events.writer import EventLog
 from gateway.pipeline import (
@@ -28,6 +28,7 @@ from gateway.relay import Relay
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
 from gateway.spool import Body, Spool, new_queue_id
+from tests.unit.fakes import FakeDeliverer, make_config
 
 SENDER = "an@example.gov.vn"
 LOCAL_HOP = "maildir:/fake/mail"
@@ -44,41 +45,6 @@ MESSAGE = (
 OK_250 = Reply(250, "2.0.0", "Ok: queued as ABC")
 TEMP_451 = Reply(451, "4.3.0", "try again later")
 PERM_550 = Reply(550, "5.1.1", "no such user")
-
-
-def make_config(tmp_path: Path) -> Config:
-    raw = {
-        "gateway": {
-            "hostname": "mail.example.gov.vn",
-            "domains": ["example.gov.vn"],
-            "data_dir": "var",
-        },
-        "smtp": {
-            "inbound_listen": "127.0.0.1:2525",
-            "submission_listen": "127.0.0.1:5870",
-            "require_tls_for_auth": False,
-        },
-        "delivery": {"local": "maildir:var/mail", "outbound": "smtp://127.0.0.1:2526"},
-        "log": {"dir": "var/log"},
-    }
-    return parse_config(raw, tmp_path / "gw.toml")
-
-
-class FakeDeliverer:
-    """A next hop that answers per recipient from a table (default: ``default``)."""
-
-    def __init__(self, hop: str, default: Reply = OK_250) -> None:
-        self.hop = hop
-        self.default = default
-        self.answers: dict[str, Reply] = {}
-        self.calls: list[tuple[str, list[str], bytes]] = []
-
-    async def deliver(self, sender: str, recipients: Sequence[str], body: Body) -> dict[str, Reply]:
-        self.calls.append((sender, list(recipients), body.read()))
-        return {r: self.answers.get(r, self.default) for r in recipients}
-
-    async def close(self) -> None:
-        pass
 
 
 @dataclass
@@ -158,8 +124,9 @@ async def test_all_delivered_is_250_and_nothing_spooled(setup: Setup) -> None:
     assert reply.text == f"{replies.QUEUED.text} {ctx.queue_id}"
     assert setup.spool.load() == ([], [])
     assert list(setup.spool.queue.iterdir()) == []
-    assert setup.local.calls == [(SENDER, ["binh@example.gov.vn"], MESSAGE)]
-    assert setup.outbound.calls == [(SENDER, ["chi@other.gov.vn"], MESSAGE)]
+    assert setup.local.calls == [(SENDER, ["binh@example.gov.vn"])]
+    assert setup.outbound.calls == [(SENDER, ["chi@other.gov.vn"])]
+    assert setup.local.bodies == setup.outbound.bodies == [MESSAGE]
 
 
 async def test_routing_by_domain_ignores_case(setup: Setup) -> None:

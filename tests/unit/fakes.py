@@ -1,0 +1,54 @@
+"""Shared by the unit tests: a minimal valid config and a scripted next hop."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Config, parse_config
+from gateway.smtp.replies import Reply
+from gateway.spool import Body
+
+OK_250 = Reply(250, "2.0.0", "ok")
+
+MINIMAL_CONFIG: dict[str, Any] = {
+    "gateway": {
+        "hostname": "mail.example.gov.vn",
+        "domains": ["example.gov.vn"],
+        "data_dir": "var",
+    },
+    "smtp": {
+        "inbound_listen": "127.0.0.1:2525",
+        "submission_listen": "127.0.0.1:5870",
+        "require_tls_for_auth": False,
+    },
+    "delivery": {"local": "maildir:var/mail", "outbound": "smtp://127.0.0.1:2526"},
+    "log": {"dir": "var/log"},
+}
+
+
+def make_config(tmp_path: Path) -> Config:
+    """The minimal config, its relative paths under ``tmp_path``."""
+    return parse_config(copy.deepcopy(MINIMAL_CONFIG), tmp_path / "gw.toml")
+
+
+class FakeDeliverer:
+    """A next hop that answers per recipient from a table (default: ``default``) and
+    records each call as (sender, recipients) and the body bytes it was given."""
+
+    def __init__(self, hop: str, default: Reply = OK_250) -> None:
+        self.hop = hop
+        self.default = default
+        self.answers: dict[str, Reply] = {}
+        self.calls: list[tuple[str, list[str]]] = []
+        self.bodies: list[bytes] = []
+
+    async def deliver(self, sender: str, recipients: Sequence[str], body: Body) -> dict[str, Reply]:
+        self.calls.append((sender, list(recipients)))
+        self.bodies.append(body.read())
+        return {r: self.answers.get(r, self.default) for r in recipients}
+
+    async def close(self) -> None:
+        """Nothing held open."""
