@@ -120,9 +120,7 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     admin = Admin(config)
     try:
-        changes = apply_lifecycle(
-            admin.directory, now.date(), lambda event, **f: admin.emit(event, **f)
-        )
+        changes = apply_lifecycle(admin.directory, now.date(), admin.emit)
         for change in changes:
             print(f"{change.address}: {change.old_state} -> {change.new_state} ({change.reason})")
         removed = purge(config.log.dir, now, config.log.retention_days)

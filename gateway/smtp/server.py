@@ -1,10 +1,10 @@
 """aiosmtpd's protocol, hardened: streamed DATA, smuggling-proof line endings, limits.
 
 aiosmtpd keeps DATA as a list of lines joined at the end (about 4x a message's
-size in memory) and lets bare LF through inside a line. Here DATA goes line by
-line into a BodyWriter (spilling to disk), and any bare CR or LF refuses the
-message: the ``<LF>.<CR><LF>`` family of smuggling sequences (CVE-2023-51764)
-never reaches a next hop that might read them as the end of data.
+size in memory) and lets bare LF through inside a line. Here DATA is read in blocks,
+checked by ``data.DataState`` and written to a BodyWriter (spilling to disk), and any
+bare CR or LF refuses the message: the ``<LF>.<CR><LF>`` family of smuggling sequences
+(CVE-2023-51764) never reaches a next hop that might read them as the end of data.
 """
 
 from __future__ import annotations
