@@ -50,10 +50,30 @@ class MessageContext:
 
     @cached_property
     def message_id(self) -> str | None:
-        """The Message-ID header, as the sender wrote it; None if absent or unparseable."""
-        parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
-        value = parser.parsebytes(self.body.headers).get("Message-ID")
-        return str(value).strip() if value else None
+        """The Message-ID header, as the sender wrote it (for the event log)."""
+        return first_header(self.body.headers, b"message-id")
+
+
+def first_header(section: bytes, name: bytes) -> str | None:
+    """The first ``name`` field of a raw header section, unfolded (RFC 5322 2.2.3), or None.
+
+    Every message needs its Message-ID for the events; the ``email`` parser costs a
+    twentieth of the relay's CPU for it, this scan almost nothing. Filters that need
+    real parsing use ``MessageContext.headers``.
+    """
+    prefix = name.lower() + b":"
+    lines = section.split(b"\r\n")
+    for index, line in enumerate(lines):
+        if line[: len(prefix)].lower() != prefix:
+            continue
+        value = [line[len(prefix) :]]
+        for follower in lines[index + 1 :]:
+            if follower[:1] not in (b" ", b"\t"):
+                break
+            value.append(follower)
+        text = b"".join(value).decode("utf-8", "replace").strip()
+        return text or None
+    return None
 
 
 class Action(Enum):

@@ -19,6 +19,7 @@ from pathlib import Path
 from gateway.auth_throttle import LoginThrottle
 from gateway.config import Config, ConfigError, check_ports_free, listeners, load_config
 from gateway.delivery import Router
+from gateway.directory.cache import AcceptedRecipients
 from gateway.directory.mailboxes import Directory
 from gateway.events.writer import EventLog
 from gateway.filters import sender_identity  # noqa: F401  (registers the filter)
@@ -84,6 +85,7 @@ class Runtime:
         self.events = EventLog(config.log.dir)
         self.spool = Spool(config.spool_dir)
         self.directory = Directory.for_data_dir(config.gateway.data_dir)
+        self.accepted_recipients = AcceptedRecipients()
         self.tls = tls_context(config)
         self.limits = limits_of(config)
         self.limiter = ConnectionLimiter(

@@ -170,6 +170,9 @@ class SessionHandler:
         be in the directory and not revoked; locked mailboxes still receive (MIC 7.1)."""
         if not self.runtime.config.is_local(address):
             return None
+        accepted = self.runtime.accepted_recipients
+        if address in accepted:
+            return None
         try:
             known = await asyncio.to_thread(self.runtime.directory.accepts_mail, address)
         except sqlite3.Error:
@@ -177,6 +180,7 @@ class SessionHandler:
             return replies.DIRECTORY_UNAVAILABLE.with_rule("directory")
         if not known:
             return replies.NO_SUCH_USER.with_rule("directory", "no such mailbox")
+        accepted.add(address)
         return None
 
     # -- DATA ---------------------------------------------------------------------------

@@ -388,3 +388,24 @@ async def test_rejection_event_carries_the_contract_fields(setup: Setup) -> None
     assert end["size"] == len(MESSAGE)
     (failed,) = setup.named("delivery_failed")
     assert failed["reason"] == str(PERM_550)
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        (b"Subject: x\r\nMessage-ID: <a@b>\r\n", "<a@b>"),
+        (b"message-id:\r\n  <folded@b>\r\nTo: y\r\n", "<folded@b>"),
+        (b"X-Message-ID: <not@this>\r\nMESSAGE-ID: <a@b>\r\n", "<a@b>"),
+        (b"Subject: Message-ID: <no@no>\r\n", None),
+        (b"Subject: x\r\n", None),
+        (b"Message-ID:   \r\n", None),
+    ],
+)
+def test_first_header_matches_the_email_parser(section: bytes, expected: str | None) -> None:
+    from email.parser import BytesHeaderParser
+
+    from gateway.pipeline import first_header
+
+    assert first_header(section, b"Message-ID") == expected
+    parsed = BytesHeaderParser(policy=policy.compat32).parsebytes(section).get("Message-ID")
+    assert (" ".join(str(parsed).split()) or None if parsed is not None else None) == expected

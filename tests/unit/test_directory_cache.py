@@ -1,0 +1,34 @@
+"""The RCPT cache remembers acceptances only, and only for its ttl."""
+
+from __future__ import annotations
+
+from gateway.directory.cache import AcceptedRecipients
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_remembers_case_insensitively_until_the_ttl() -> None:
+    clock = Clock()
+    cache = AcceptedRecipients(ttl=10, clock=clock)
+    assert "an@example.gov.vn" not in cache
+    cache.add("An@Example.gov.vn")
+    assert "an@example.gov.vn" in cache
+    clock.now += 9.9
+    assert "AN@example.gov.vn" in cache
+    clock.now += 0.2
+    assert "an@example.gov.vn" not in cache, "a revocation takes effect after the ttl"
+
+
+def test_size_bound() -> None:
+    cache = AcceptedRecipients(ttl=10, size=3, clock=Clock())
+    for n in range(3):
+        cache.add(f"u{n}@x.vn")
+    cache.add("u3@x.vn")
+    assert "u3@x.vn" in cache
+    assert sum(f"u{n}@x.vn" in cache for n in range(3)) == 0
