@@ -56,7 +56,11 @@ class QueueRunner:
 
     async def run(self) -> None:
         while True:
-            await self.run_once()
+            try:
+                await self.run_once()
+            except OSError as exc:  # the spool folder itself failed: say so, keep trying
+                log.error("queue scan failed: %s", exc)
+                self.relay.events.emit("spool_error", reason=str(exc))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings().scan_interval_seconds)

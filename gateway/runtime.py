@@ -8,7 +8,6 @@ leaves everything as it was.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import ssl
@@ -204,20 +203,27 @@ async def serve(config: Config) -> None:
         reason=f"listening on {', '.join(str(a) for _, a in listeners(config))}",
         stale_files_removed=stale or None,
     )
-    stop = asyncio.Event()
+    stop, hangup = asyncio.Event(), asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(runtime.reload()))
-    queue_task = loop.create_task(runtime.queue.run())
+    loop.add_signal_handler(signal.SIGHUP, hangup.set)
+
+    async def reloads() -> None:
+        while True:
+            await hangup.wait()
+            hangup.clear()
+            await runtime.reload()
+
     try:
-        await stop.wait()
+        async with asyncio.TaskGroup() as group:
+            workers = [group.create_task(runtime.queue.run()), group.create_task(reloads())]
+            await stop.wait()
+            for server in servers:
+                server.close()
+            await _drain_sessions(runtime)
+            for worker in workers:
+                worker.cancel()
     finally:
-        for server in servers:
-            server.close()
-        await _drain_sessions(runtime)
-        queue_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await queue_task
         runtime.events.emit("gateway_stop")
         await runtime.close()
 
