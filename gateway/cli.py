@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
@@ -186,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Mail, spool, password hashes, keys and logs are nobody else's business on this host.
+    os.umask(0o077)
     args = build_parser().parse_args(argv)
     if not hasattr(args, "config"):
         args.config = str(DEFAULT_CONFIG)

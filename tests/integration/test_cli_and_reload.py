@@ -110,3 +110,15 @@ def test_maintenance_purges_logs_past_retention(gateway: Gateway) -> None:
     result = gateway.cli("maintenance", "--now", "2026-11-25")
     assert "removed 1 day file(s)" in result.stdout
     assert not old.exists() and recent.exists()
+
+
+def test_files_the_gateway_writes_are_private(gateway: Gateway, sink: Sink) -> None:
+    """Mail, spool, directory (password hashes) and logs: owner only, whatever the umask."""
+    with smtplib.SMTP("127.0.0.1", gateway.inbound_port) as client:
+        client.sendmail("alice@other.org", ["bob@example.gov.vn"], MESSAGE)
+    gateway.wait_event("message_accepted")
+    written = [p for p in (gateway.workdir / "var").rglob("*") if p.is_file()]
+    assert any(p.name == "directory.sqlite3" for p in written)
+    assert any(p.suffix == ".jsonl" for p in written)
+    loose = [str(p) for p in written if p.stat().st_mode & 0o077]
+    assert loose == []
