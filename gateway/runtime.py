@@ -25,6 +25,7 @@ from gateway.filters import sender_identity  # noqa: F401  (registers the filter
 from gateway.pipeline import REGISTRY, EnabledFilter
 from gateway.queue import QueueRunner
 from gateway.relay import Relay
+from gateway.smtp.data import DataLimits
 from gateway.smtp.handler import SessionHandler
 from gateway.smtp.inbound import InboundHandler
 from gateway.smtp.server import ConnectionLimiter, GatewaySMTP, Limits
@@ -51,13 +52,14 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 def limits_of(config: Config) -> Limits:
     smtp = config.smtp
     return Limits(
-        max_message_size=smtp.max_message_size,
-        max_line_length=smtp.max_line_length,
-        max_header_lines=smtp.max_header_lines,
-        max_header_bytes=smtp.max_header_bytes,
+        data=DataLimits(
+            max_message_size=smtp.max_message_size,
+            max_line_length=smtp.max_line_length,
+            max_header_lines=smtp.max_header_lines,
+            max_header_bytes=smtp.max_header_bytes,
+        ),
         transaction_timeout=smtp.transaction_timeout,
         max_errors=smtp.max_errors,
-        spill_threshold=smtp.spill_threshold,
     )
 
 

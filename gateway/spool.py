@@ -41,6 +41,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def header_section(data: bytes) -> bytes:
+    """The header section at the start of ``data`` (up to the blank line), or all of it."""
+    end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[: end + 2]
+
+
 class Body:
     """A finished message body (CRLF lines, dot-unstuffed), in memory or in one file."""
 
@@ -52,9 +58,7 @@ class Body:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Body:
-        end = data.find(b"\r\n\r\n")
-        headers = data if end < 0 else data[: end + 2]
-        return cls(len(data), headers, data, None)
+        return cls(len(data), header_section(data), data, None)
 
     @classmethod
     def from_file(cls, path: Path, headers: bytes) -> Body:
@@ -209,8 +213,7 @@ class Spool:
         path = self.body_path(queue_id)
         with path.open("rb") as handle:
             head = handle.read(65536)
-        end = head.find(b"\r\n\r\n")
-        return Body.from_file(path, head if end < 0 else head[: end + 2])
+        return Body.from_file(path, header_section(head))
 
     def load(self) -> tuple[list[QueueEntry], list[str]]:
         """Every committed entry, and a description of each unreadable one (left in place)."""

@@ -55,13 +55,9 @@ READ_BUFFER = 65536
 class Limits:
     """Per-listener protocol limits, copied from ``[smtp]`` when a session starts."""
 
-    max_message_size: int
-    max_line_length: int
-    max_header_lines: int
-    max_header_bytes: int
+    data: DataLimits  # what DATA may contain
     transaction_timeout: float
     max_errors: int
-    spill_threshold: int
 
 
 class ConnectionLimiter:
@@ -100,7 +96,7 @@ class GatewaySMTP(SMTP):
         super().__init__(handler, **kwargs)
         # aiosmtpd sizes the StreamReader at one line (1001 bytes), so reading pauses and
         # resumes the socket every two lines; read in 64 KiB and check lengths ourselves.
-        self._stream_reader._limit = max(READ_BUFFER, limits.max_line_length + 1)
+        self._stream_reader._limit = max(READ_BUFFER, limits.data.max_line_length + 1)
         self.limits = limits
         self._limiter = limiter
         self._plain_replies = False
@@ -263,15 +259,7 @@ class GatewaySMTP(SMTP):
         """Read DATA up to the lone dot; returns the first problem found (if any) and the
         header section. After a problem the rest is read and dropped, so the session
         stays in step and the client gets one clear answer."""
-        limits = self.limits
-        state = DataState(
-            DataLimits(
-                limits.max_message_size,
-                limits.max_line_length,
-                limits.max_header_lines,
-                limits.max_header_bytes,
-            )
-        )
+        state = DataState(self.limits.data)
         reader = self._reader
         while not state.done:
             try:
