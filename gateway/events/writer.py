@@ -3,11 +3,17 @@
 Only this module writes the log. Each event is a single ``os.write`` on an
 ``O_APPEND`` descriptor, so lines from the server and the CLI never interleave
 and a crash leaves at most one torn last line, which the search skips.
+
+A message that got 250 must not lose its record in a power cut, yet emit runs on the
+event loop and an fsync per event would stall every session. So emit only writes; a
+daemon thread fsyncs the day file at most ``sync_interval`` seconds after a write
+(default 1 s), and a day change or ``close`` fsyncs what is left.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -17,6 +23,9 @@ from typing import Any
 
 EVENT_FILE_PREFIX = "events-"
 EVENT_FILE_SUFFIX = ".jsonl"
+SYNC_INTERVAL_SECONDS = 1.0
+
+log = logging.getLogger("gateway.events")
 
 
 def event_file_name(day: str) -> str:
@@ -32,12 +41,21 @@ def rfc3339(moment: datetime) -> str:
 class EventLog:
     """Appends events to ``log_dir``; thread-safe, so CLI and worker threads may emit too."""
 
-    def __init__(self, log_dir: Path, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        clock: Callable[[], datetime] | None = None,
+        sync_interval: float = SYNC_INTERVAL_SECONDS,
+    ) -> None:
         self.log_dir = log_dir
+        self.sync_interval = sync_interval
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.Lock()
         self._day = ""
         self._fd: int | None = None
+        self._dirty = False  # written since the last fsync
+        self._stop = threading.Event()
+        self._syncer: threading.Thread | None = None
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
@@ -49,19 +67,71 @@ class EventLog:
         data = (line + "\n").encode("utf-8", "surrogateescape")
         with self._lock:
             os.write(self._descriptor(now.astimezone(UTC).strftime("%Y-%m-%d")), data)
+            self._dirty = True
+            if self._syncer is None and not self._stop.is_set():
+                self._syncer = threading.Thread(
+                    target=self._sync_loop, name="events-fsync", daemon=True
+                )
+                self._syncer.start()
         return record
+
+    def sync(self) -> bool:
+        """Fsync the day file if anything was written since the last time; True if it did.
+
+        The descriptor is duplicated under the lock and synced outside it, so emitters
+        never wait for the disk (and a day change may close the original meanwhile).
+        """
+        with self._lock:
+            if not self._dirty or self._fd is None:
+                return False
+            fd = os.dup(self._fd)
+            self._dirty = False
+        try:
+            os.fsync(fd)
+        except BaseException:
+            with self._lock:
+                self._dirty = True  # try again next time
+            raise
+        finally:
+            os.close(fd)
+        return True
+
+    def _sync_loop(self) -> None:
+        """A background task must not die of one bad fsync: log it and keep going."""
+        while not self._stop.wait(self.sync_interval):
+            try:
+                self.sync()
+            except Exception:
+                log.exception("fsync of the event log in %s failed", self.log_dir)
 
     def _descriptor(self, day: str) -> int:
         if day != self._day or self._fd is None:
             if self._fd is not None:
-                os.close(self._fd)
+                self._close_fd()  # once a day: the old day's tail is made durable here
             path = self.log_dir / event_file_name(day)
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             self._day = day
         return self._fd
 
+    def _close_fd(self) -> None:
+        """Fsync (if written) and close the current descriptor; caller holds the lock."""
+        assert self._fd is not None
+        fd, self._fd = self._fd, None
+        try:
+            if self._dirty:
+                os.fsync(fd)
+        except OSError:
+            log.exception("fsync of the event log in %s failed", self.log_dir)
+        finally:
+            self._dirty = False
+            os.close(fd)
+
     def close(self) -> None:
+        """Stop the fsync thread and fsync what it has not yet synced."""
+        self._stop.set()
+        syncer = self._syncer
+        if syncer is not None and syncer is not threading.current_thread():
+            syncer.join()
         with self._lock:
             if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+                self._close_fd()
