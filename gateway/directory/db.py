@@ -61,18 +61,37 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating if needed) and migrate the database at ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Password hashes live here: owner only. SQLite gives -wal/-shm the file's mode.
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    os.chmod(path, 0o600)
+def connect(path: Path, create: bool = True) -> sqlite3.Connection:
+    """Open and migrate the database at ``path``, creating it only if ``create``.
+
+    Without ``create`` a missing file raises FileNotFoundError: ``serve`` must not
+    start on an empty directory made up on the spot (it would refuse all local mail).
+    """
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Password hashes live here: owner only. SQLite gives -wal/-shm the file's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
+    else:
+        os.close(os.open(path, os.O_RDWR))
     conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     migrate(conn)
+    return conn
+
+
+def connect_reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection to an existing, migrated database.
+
+    In WAL mode readers never wait for a writer, so each thread gets its own: a
+    write stuck on the busy timeout must not hold up the RCPT lookups behind it.
+    """
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
     return conn
 
 

@@ -31,6 +31,26 @@ class DirectoryError(Exception):
     """A refused directory change; the message is the one-line reason shown to the operator."""
 
 
+DATABASE_NAME = "directory.sqlite3"
+
+
+def database_path(data_dir: Path) -> Path:
+    """Where the directory of ``data_dir`` lives."""
+    return data_dir / DATABASE_NAME
+
+
+class DirectoryMissing(DirectoryError):
+    """No directory database where the config points: a wrong data_dir, or no ``init`` yet."""
+
+    def __init__(self, path: Path, config_path: Path | None = None) -> None:
+        config = str(config_path) if config_path is not None else "CONFIG"
+        super().__init__(
+            f"no directory database at {path.resolve()} (is gateway.data_dir right?);"
+            f" to create an empty one run `mailgate init -c {config}`"
+        )
+        self.path = path
+
+
 @dataclass(frozen=True, slots=True)
 class Registration:
     """The registration form (MOST Appendix 03) and what the operator adds to it."""
@@ -111,36 +131,74 @@ def check_address(address: str, what: str = "address") -> str:
 
 
 class Directory:
-    """The directory database at ``path`` (SQLite, WAL)."""
+    """The directory database at ``path`` (SQLite, WAL).
 
-    def __init__(self, path: Path) -> None:
+    Writes go through one connection behind a lock; every thread reads through its own
+    read-only connection, so lookups run in parallel and never queue behind a write
+    that is waiting for another process's lock.
+    """
+
+    def __init__(self, path: Path, create: bool = True) -> None:
         self.path = path
-        self._conn = db.connect(path)
+        self._writer = db.connect(path, create=create)
         self._lock = threading.RLock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> Directory:
-        return cls(data_dir / "directory.sqlite3")
+        """Open the directory of ``data_dir``, creating it if missing (init, mailbox add)."""
+        return cls(database_path(data_dir))
+
+    @classmethod
+    def open_existing(cls, data_dir: Path, config_path: Path | None = None) -> Directory:
+        """Open the directory of ``data_dir``; never create it (``serve``).
+
+        A mistyped data_dir must stop the gateway, not give it an empty directory
+        that refuses every local recipient with 550. ``config_path`` goes into the hint.
+        """
+        path = database_path(data_dir)
+        try:
+            return cls(path, create=False)
+        except FileNotFoundError:
+            raise DirectoryMissing(path, config_path) from None
+        except (OSError, sqlite3.DatabaseError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise DirectoryError(f"cannot open the directory database {path}: {why}") from None
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._writer.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction; all or nothing."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._writer.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
+                yield self._writer
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._writer.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+            self._writer.execute("COMMIT")
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (autocommit: each query sees the latest commit)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = db.connect_reader(self.path)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
 
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+        return self._reader().execute(sql, args).fetchall()
 
     # -- reading ------------------------------------------------------------------------
 

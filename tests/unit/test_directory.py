@@ -6,6 +6,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from gateway.directory import db, passwords
 from gateway.directory.mailboxes import (
     Directory,
     DirectoryError,
+    DirectoryMissing,
     Mailbox,
     Registration,
     now_text,
@@ -650,7 +652,7 @@ def test_schema_version_and_idempotent_migrations(tmp_path: Path) -> None:
         with sqlite3.connect(path) as raw:
             assert raw.execute("PRAGMA user_version").fetchone()[0] == len(db.MIGRATIONS)
             assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.migrate(second._conn) == len(db.MIGRATIONS)
+        assert db.migrate(second._writer) == len(db.MIGRATIONS)
         personal(second, "other")
         assert [m.address for m in first.list()] == [addr("dvbe"), addr("other")]
     finally:
@@ -752,3 +754,114 @@ def test_two_directories_on_one_file_under_load(tmp_path: Path) -> None:
     finally:
         writer.close()
         reader.close()
+
+
+class StatementWatch:
+    """Wraps ``sqlite3.connect`` so a test can wait until a thread *starts* a statement."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.started: list[tuple[int, str]] = []
+        self.changed = threading.Condition()
+        real = sqlite3.connect
+
+        def connect(*args: object, **kwargs: object) -> sqlite3.Connection:
+            conn = real(*args, **kwargs)
+            conn.set_trace_callback(self._seen)
+            return conn
+
+        monkeypatch.setattr(sqlite3, "connect", connect)
+
+    def _seen(self, statement: str) -> None:
+        with self.changed:
+            self.started.append((threading.get_ident(), statement))
+            self.changed.notify_all()
+
+    def wait(self, thread: threading.Thread, statement: str, timeout: float = 10) -> None:
+        with self.changed:
+            assert self.changed.wait_for(
+                lambda: (thread.ident, statement) in self.started, timeout
+            ), f"{thread.name} never ran {statement}"
+
+
+def test_lookups_do_not_wait_for_a_write_stuck_behind_another_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CLI (or any other connection) holding the write lock makes the gateway's own write
+    wait on the busy timeout; RCPT lookups must still answer at once meanwhile."""
+    watch = StatementWatch(monkeypatch)
+    path = tmp_path / "directory.sqlite3"
+    directory = Directory(path)
+    personal(directory, "dvbe")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the write lock, held
+    other.execute("UPDATE mailboxes SET phone = '1' WHERE address = ?", (addr("dvbe"),))
+    stuck = threading.Thread(target=directory.record_access, args=(addr("dvbe"),), name="stuck")
+    stuck.start()
+    pool = ThreadPoolExecutor(4)
+    try:
+        watch.wait(stuck, "BEGIN IMMEDIATE")  # it is now waiting for ``other``
+        lookups = [
+            pool.submit(directory.accepts_mail, addr("dvbe")),
+            pool.submit(directory.get, addr("dvbe")),
+            pool.submit(directory.accepts_mail, addr("nobody")),
+        ]
+        accepted, found, unknown = (lookup.result(timeout=5) for lookup in lookups)
+        assert accepted and found is not None and not unknown
+        assert found.phone is None, "uncommitted writes are not seen"
+        assert stuck.is_alive(), "the write is still waiting for the lock"
+    finally:
+        other.execute("COMMIT")
+        stuck.join(timeout=30)
+        pool.shutdown()
+        other.close()
+    try:
+        assert not stuck.is_alive()
+        mailbox = directory.require(addr("dvbe"))
+        assert mailbox.phone == "1" and mailbox.last_access is not None
+    finally:
+        directory.close()
+
+
+def test_readers_on_many_threads_see_each_commit_at_once(directory: Directory) -> None:
+    """Each thread reads through its own connection; none keeps a stale snapshot."""
+    personal(directory, "dvbe")
+    barrier = threading.Barrier(8)
+
+    def lookups(number: int) -> int:
+        barrier.wait(timeout=10)  # all eight readers open and query at the same time
+        found = 0
+        for _ in range(100):
+            found += directory.accepts_mail(addr("dvbe"))
+            found += directory.accepts_mail(addr(f"none{number}"))
+        return found
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lookups, range(8))) == [100] * 8
+        # the same pool threads, their connections already open, see a change at once
+        directory.set_state(addr("dvbe"), "revoked", "left")
+        barrier.reset()
+        assert list(pool.map(lookups, range(8))) == [0] * 8
+
+
+def test_open_existing_never_creates_the_database(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    with pytest.raises(DirectoryMissing) as missing:
+        Directory.open_existing(tmp_path / "typo", config)
+    database = (tmp_path / "typo" / "directory.sqlite3").resolve()
+    assert str(missing.value) == (
+        f"no directory database at {database} (is gateway.data_dir right?);"
+        f" to create an empty one run `mailgate init -c {config}`"
+    )
+    assert not (tmp_path / "typo").exists()
+    Directory.for_data_dir(tmp_path).close()  # init and mailbox add may create it
+    opened = Directory.open_existing(tmp_path)
+    try:
+        assert opened.list() == []
+    finally:
+        opened.close()
+
+
+def test_open_existing_names_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    (tmp_path / "directory.sqlite3").write_bytes(b"not sqlite at all, long enough" * 10)
+    with pytest.raises(DirectoryError, match=r"cannot open the directory database .*: file is not"):
+        Directory.open_existing(tmp_path)
