@@ -38,17 +38,24 @@ class ListenAddress:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryTarget:
-    """Where a class of recipients goes: ``maildir:PATH``, ``lmtp://H:P`` or ``smtp://H:P``."""
+    """Where a class of recipients goes: ``maildir:PATH``, ``lmtp://H:P``, ``smtp://H:P`` or
+    ``lmtp:unix:PATH`` (Postfix's notation for Dovecot's ``/run/dovecot/lmtp``)."""
 
     scheme: str
     host: str = ""
     port: int = 0
-    path: Path | None = None
+    path: Path | None = None  # the Maildir root, or the LMTP unix socket
 
     def __str__(self) -> str:
         if self.scheme == "maildir":
             return f"maildir:{self.path}"
+        if self.path is not None:
+            return f"{self.scheme}:unix:{self.path}"
         return f"{self.scheme}://{self.host}:{self.port}"
+
+
+# delivery.tls levels, as Postfix's smtp_tls_security_level.
+TLS_LEVELS = ("may", "encrypt", "verify", "none")
 
 
 def _opt(kind: str, default: Any = MISSING, doc: str = "") -> Any:
@@ -101,6 +108,10 @@ class DeliverySection:
     outbound: DeliveryTarget = _opt("target")
     timeout: float = _opt("seconds", 120.0, "per SMTP/LMTP command")
     connections_per_host: int = _opt("count", 8, "idle connections kept per next hop")
+    tls: str = _opt("tls_level", "may", "STARTTLS policy for smtp:// next hops")
+    local_tls: str | None = _opt("tls_level", None, "delivery.tls for delivery.local only")
+    outbound_tls: str | None = _opt("tls_level", None, "delivery.tls for delivery.outbound only")
+    tls_ca_file: Path | None = _opt("ca_file", None, "PEM CAs for verify; default: system store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,15 +271,51 @@ class _Reader:
                 self.fail(key, 'maildir needs a folder, e.g. "maildir:var/mail"')
                 return None
             return DeliveryTarget("maildir", path=self.path(rest))
+        if value.startswith("lmtp:unix:"):
+            return self._unix_target(key, value.removeprefix("lmtp:unix:"))
         scheme, sep, rest = value.partition("://")
         address = parse_host_port(rest.rstrip("/")) if sep else None
         if scheme not in ("lmtp", "smtp") or address is None:
+            hint = ""
+            if "unix" in value:
+                hint = '; for a unix socket write "lmtp:unix:/run/dovecot/lmtp"'
             self.fail(
                 key,
-                f'expected "maildir:PATH", "lmtp://HOST:PORT" or "smtp://HOST:PORT", got {raw!r}',
+                f'expected "maildir:PATH", "lmtp://HOST:PORT", "lmtp:unix:PATH" or '
+                f'"smtp://HOST:PORT", got {raw!r}{hint}',
             )
             return None
         return DeliveryTarget(scheme, address.host, address.port)
+
+    def _unix_target(self, key: str, rest: str) -> DeliveryTarget | None:
+        """LMTP over a unix socket; the socket need not exist yet (Dovecot may start later)."""
+        if not rest:
+            self.fail(key, 'lmtp:unix needs the socket path, e.g. "lmtp:unix:/run/dovecot/lmtp"')
+            return None
+        path = self.path(rest)
+        if len(bytes(path)) > 107:
+            self.fail(key, f"{path} is longer than a unix socket path may be (107 bytes)")
+            return None
+        return DeliveryTarget("lmtp", path=path)
+
+    def _tls_level(self, key: str, raw: Any, doc: str) -> Any:
+        if raw in TLS_LEVELS:
+            return raw
+        got = f'"{raw}"' if isinstance(raw, str) else repr(raw)
+        meant = raw.strip().lower() if isinstance(raw, str) else None
+        hint = f'; write "{meant}"' if meant in TLS_LEVELS else ""
+        self.fail(key, f"expected one of {', '.join(TLS_LEVELS)}; got {got}{hint}")
+        return None
+
+    def _ca_file(self, key: str, raw: Any, doc: str) -> Any:
+        path = self._file(key, raw, doc)
+        if path is None or any(p.startswith(f"{key}: ") for p in self.problems):
+            return path
+        try:
+            ssl.create_default_context(cafile=path)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            self.fail(key, f"cannot load CA certificates from {path}: {exc}; give a PEM file")
+        return path
 
 
 _UNITS = {"": 1, "B": 1, "KB": 1024, "KIB": 1024, "MB": 1024**2, "MIB": 1024**2, "GB": 1024**3}
@@ -337,6 +384,7 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
         else:
             sections[name] = None if name == "imap" else {}
     _check_relations(reader, sections)
+    _check_delivery_tls(reader, sections.get("delivery") or {})
     if reader.problems:
         raise ConfigError(reader.problems)
     built = {
@@ -388,6 +436,18 @@ def _check_relations(reader: _Reader, sections: dict[str, Any]) -> None:
             "queue.retry_min_seconds",
             f"{low:g} is above queue.retry_max_seconds ({high:g}); lower it or raise the maximum",
         )
+
+
+def _check_delivery_tls(reader: _Reader, delivery: dict[str, Any]) -> None:
+    """A required TLS level on a hop that never speaks SMTP would be silently ignored."""
+    for hop in ("local", "outbound"):
+        level, target = delivery.get(f"{hop}_tls"), delivery.get(hop)
+        if level in ("encrypt", "verify") and target is not None and target.scheme != "smtp":
+            reader.fail(
+                f"delivery.{hop}_tls",
+                f'"{level}" applies to smtp:// next hops only and delivery.{hop} is {target}; '
+                "remove the key",
+            )
 
 
 def load_config(path: Path) -> Config:

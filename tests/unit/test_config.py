@@ -411,3 +411,81 @@ def test_check_ports_free_passes_when_free(tmp_path: Path) -> None:
         smtp={"inbound_listen": f"127.0.0.1:{first}", "submission_listen": f"127.0.0.1:{second}"}
     )
     assert check_ports_free(parse_config(raw, tmp_path / "gw.toml")) == []
+
+
+# -- delivery: unix-socket LMTP, next-hop TLS -------------------------------------------------
+
+
+def test_lmtp_unix_socket_target(tmp_path: Path) -> None:
+    raw = data(delivery={"local": "lmtp:unix:/run/dovecot/lmtp"})
+    config = parse_config(raw, tmp_path / "gw.toml")
+    assert config.delivery.local == DeliveryTarget("lmtp", path=Path("/run/dovecot/lmtp"))
+    assert str(config.delivery.local) == "lmtp:unix:/run/dovecot/lmtp"
+
+
+def test_lmtp_unix_socket_relative_path_and_not_yet_existing(tmp_path: Path) -> None:
+    config = parse_config(data(delivery={"local": "lmtp:unix:run/lmtp"}), tmp_path / "gw.toml")
+    assert config.delivery.local.path == tmp_path / "run" / "lmtp"
+
+
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [
+        ("lmtp:unix:", "socket path"),
+        ("lmtp:unix:/" + "x" * 120, "107 bytes"),
+        ("unix:/run/dovecot/lmtp", '"lmtp:unix:/run/dovecot/lmtp"'),
+        ("smtp:unix:/run/x", '"lmtp:unix:PATH"'),
+    ],
+)
+def test_bad_lmtp_unix_socket_target(tmp_path: Path, target: str, says: str) -> None:
+    problem = only_problem(data(delivery={"local": target}), tmp_path, "delivery.local")
+    assert says in problem
+
+
+def test_delivery_tls_defaults(tmp_path: Path) -> None:
+    config = parse_config(data(), tmp_path / "gw.toml")
+    assert config.delivery.tls == "may"
+    assert config.delivery.local_tls is None and config.delivery.outbound_tls is None
+    assert config.delivery.tls_ca_file is None
+
+
+def test_delivery_tls_levels(tmp_path: Path) -> None:
+    raw = data(delivery={"tls": "encrypt", "outbound_tls": "verify", "local_tls": "none"})
+    config = parse_config(raw, tmp_path / "gw.toml")
+    assert (config.delivery.tls, config.delivery.outbound_tls) == ("encrypt", "verify")
+    assert config.delivery.local_tls == "none"
+
+
+@pytest.mark.parametrize("key", ["tls", "local_tls", "outbound_tls"])
+def test_bad_delivery_tls_level(tmp_path: Path, key: str) -> None:
+    problem = only_problem(data(delivery={key: "x"}), tmp_path, f"delivery.{key}")
+    assert problem == f'delivery.{key}: expected one of may, encrypt, verify, none; got "x"'
+
+
+def test_delivery_tls_level_in_capitals_says_what_to_write(tmp_path: Path) -> None:
+    problem = only_problem(data(delivery={"tls": "Verify"}), tmp_path, "delivery.tls")
+    assert problem.endswith('; write "verify"')
+
+
+def test_required_tls_on_a_hop_that_is_not_smtp(tmp_path: Path) -> None:
+    raw = data(delivery={"local_tls": "verify"})  # local is maildir
+    problem = only_problem(raw, tmp_path, "delivery.local_tls")
+    assert "smtp://" in problem and "remove the key" in problem
+
+
+def test_delivery_tls_ca_file(tmp_path: Path) -> None:
+    import trustme  # a test dependency: missing it is a failure, not a skip
+
+    ca_path = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_path))
+    raw = data(delivery={"tls": "verify", "tls_ca_file": "ca.pem"})
+    assert parse_config(raw, tmp_path / "gw.toml").delivery.tls_ca_file == ca_path
+
+
+@pytest.mark.parametrize(("content", "says"), [(None, "cannot read"), (b"junk", "cannot load")])
+def test_bad_delivery_tls_ca_file(tmp_path: Path, content: bytes | None, says: str) -> None:
+    if content is not None:
+        (tmp_path / "ca.pem").write_bytes(content)
+    raw = data(delivery={"tls_ca_file": "ca.pem"})
+    problem = only_problem(raw, tmp_path, "delivery.tls_ca_file")
+    assert says in problem

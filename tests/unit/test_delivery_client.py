@@ -8,14 +8,17 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.config import DeliveryTarget
 from gateway.delivery import NetworkDeliverer
 from gateway.delivery.client import (
+    Connection,
     ConnectionPool,
     Hop,
+    HopReplies,
     NextHopError,
     dot_stuff,
     parse_reply,
@@ -155,6 +158,10 @@ class FakeServer:
         self.close_after_dot = False
         self.close_on_reused_mail = False  # close silently on MAIL after a transaction
         self.after_transaction: Callable[[asyncio.StreamWriter], Awaitable[None]] | None = None
+        self.extra_extensions: list[bytes] = []  # offered after the usual ones in EHLO
+        self.extra_reply: bytes | None = None  # a buggy hop: one more reply after the last
+        self.hold_final: asyncio.Event | None = None  # final replies wait for this
+        self.dot_seen = asyncio.Event()  # a body's final dot arrived
         self.connections = 0
         self.transactions: list[Transaction] = []
         self.commands: list[bytes] = []
@@ -162,13 +169,18 @@ class FakeServer:
         self._server: asyncio.Server | None = None
         self.port = 0
 
-    async def start(self) -> FakeServer:
+    async def start(self, unix_path: Path | None = None) -> FakeServer:
+        if unix_path is not None:
+            self._server = await asyncio.start_unix_server(self._session, unix_path)
+            self.unix_path: str | None = str(unix_path)
+            return self
         self._server = await asyncio.start_server(self._session, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
+        self.unix_path = None
         return self
 
     def hop(self) -> Hop:
-        return Hop("127.0.0.1", self.port, lmtp=self.lmtp)
+        return Hop("127.0.0.1", self.port, lmtp=self.lmtp, socket_path=self.unix_path)
 
     async def close(self) -> None:
         assert self._server is not None
@@ -201,6 +213,7 @@ class FakeServer:
                     if self.pipelining:
                         extensions.append(b"PIPELINING")
                     extensions.append(b"ENHANCEDSTATUSCODES")
+                    extensions += self.extra_extensions
                     held.extend(
                         b"250%s%s" % (b" " if i == len(extensions) - 1 else b"-", ext)
                         for i, ext in enumerate(extensions)
@@ -233,6 +246,9 @@ class FakeServer:
                         data += chunk
                     transaction.data = bytes(data)
                     self.transactions.append(transaction)
+                    self.dot_seen.set()
+                    if self.hold_final is not None:
+                        await self.hold_final.wait()
                     if self.close_after_dot:
                         writer.close()
                         return
@@ -242,6 +258,8 @@ class FakeServer:
                         held.extend(self.final_reply(a) for a in transaction.accepted)
                     else:
                         held.append(self.final_reply(transaction.accepted[0]))
+                    if self.extra_reply is not None:
+                        held.append(self.extra_reply)
                     await flush()
                     done += 1
                     if self.after_transaction is not None:
@@ -440,18 +458,45 @@ async def test_pool_reuses_one_connection(server: FakeServer) -> None:
     assert sum(c.startswith(b"EHLO") for c in server.commands) == 1
 
 
-async def test_pool_replaces_a_connection_the_server_closed(server: FakeServer) -> None:
+async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+    """Wait for a condition (polling the loop), never for a fixed time."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+def count_transactions(monkeypatch: pytest.MonkeyPatch) -> list[Connection]:
+    """Each Connection.send call, by connection: shows which connection a pool tried."""
+    tried: list[Connection] = []
+    real = Connection.send
+
+    async def send(self: Connection, *args: Any) -> HopReplies:
+        tried.append(self)
+        return await real(self, *args)
+
+    monkeypatch.setattr(Connection, "send", send)
+    return tried
+
+
+async def test_pool_replaces_a_connection_the_server_closed(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool sees the FIN on the idle connection and never tries it (no stale retry)."""
+
     async def hang_up(writer: asyncio.StreamWriter) -> None:
         writer.close()
 
     server.after_transaction = hang_up
+    tried = count_transactions(monkeypatch)
     pool = pool_for(server)
     await pool.send(SENDER, ["a@o.vn"], Body.from_bytes(MESSAGE))
-    await asyncio.sleep(0.05)  # the FIN reaches the pooled connection
+    (idle,) = pool._idle
+    await until(idle._reader.at_eof)  # the FIN reached the pooled connection
     results = await pool.send(SENDER, ["b@o.vn"], Body.from_bytes(MESSAGE))
     await pool.close()
     assert results["b@o.vn"].code == 250
     assert server.connections == 2
+    assert len(tried) == 2 and tried[0] is idle and tried[1] is not idle, "dead one never tried"
     assert [t.accepted for t in server.transactions] == [["a@o.vn"], ["b@o.vn"]]
 
 
@@ -549,6 +594,162 @@ async def test_network_deliverer_passes_per_recipient_replies(server: FakeServer
     await deliverer.close()
     assert results["x@o.vn"].code == 550
     assert results["y@o.vn"].code == 250
+
+
+# -- one reply per command (LMTP duplicates, unmatched replies) ------------------------------
+
+
+async def test_lmtp_duplicate_recipient_reads_a_reply_per_rcpt_command(
+    lmtp_server: FakeServer,
+) -> None:
+    """RFC 2033 4.2: one final reply per accepted RCPT command, so an address given twice
+    gets two; leaving one in the buffer would answer the next message's MAIL."""
+    pool = pool_for(lmtp_server)
+    first = await pool.send(SENDER, ["a@example.gov.vn"] * 2, Body.from_bytes(MESSAGE))
+    second = await pool.send(
+        SENDER, ["b@example.gov.vn"], Body.from_bytes(b"Subject: 2\r\n\r\n2\r\n")
+    )
+    await pool.close()
+    assert first == {"a@example.gov.vn": Reply(250, "2.0.0", "queued")}
+    assert second == {"b@example.gov.vn": Reply(250, "2.0.0", "queued")}
+    assert lmtp_server.connections == 1
+    assert [t.accepted for t in lmtp_server.transactions] == [
+        ["a@example.gov.vn", "a@example.gov.vn"],
+        ["b@example.gov.vn"],
+    ]
+    assert lmtp_server.transactions[1].data == b"Subject: 2\r\n\r\n2\r\n"
+
+
+async def test_lmtp_duplicate_keeps_the_best_of_its_replies(lmtp_server: FakeServer) -> None:
+    """One copy stored and one refused: the address has the message (no retry, no bounce)."""
+    finals = iter([b"452 4.2.2 full", b"250 2.0.0 saved", b"250 2.0.0 saved"])
+    lmtp_server.final_reply = lambda a: next(finals)
+    pool = pool_for(lmtp_server)
+    rcpts = ["a@example.gov.vn", "a@example.gov.vn", "c@example.gov.vn"]
+    results = await pool.send(SENDER, rcpts, Body.from_bytes(MESSAGE))
+    await pool.close()
+    assert results == {
+        "a@example.gov.vn": Reply(250, "2.0.0", "saved"),
+        "c@example.gov.vn": Reply(250, "2.0.0", "saved"),
+    }
+
+
+@pytest.mark.parametrize("lmtp", [True, False])
+async def test_an_unasked_reply_poisons_the_connection(lmtp: bool) -> None:
+    """A reply no command asked for: no 250 can be trusted and the connection is dropped."""
+    fake = await FakeServer(lmtp=lmtp).start()
+    try:
+        fake.extra_reply = b"250 2.0.0 one too many"
+        pool = pool_for(fake)
+        deliverer_like = await NetworkDeliverer(
+            DeliveryTarget("lmtp" if lmtp else "smtp", "127.0.0.1", fake.port), HELO, 2.0, 2
+        ).deliver(SENDER, ["a@example.gov.vn"], Body.from_bytes(MESSAGE))
+        assert deliverer_like["a@example.gov.vn"].code == 451
+        with pytest.raises(NextHopError, match="no command asked for"):
+            await pool.send(SENDER, ["a@example.gov.vn"], Body.from_bytes(MESSAGE))
+        assert pool._idle == [], "a poisoned connection is never pooled"
+        fake.extra_reply = None
+        again = await pool.send(SENDER, ["b@example.gov.vn"], Body.from_bytes(MESSAGE))
+        await pool.close()
+    finally:
+        await fake.close()
+    assert again["b@example.gov.vn"].code == 250
+    assert fake.connections == 3  # deliverer, poisoned pool connection, its replacement
+
+
+async def test_a_250_to_data_is_out_of_step_not_a_delivery(server: FakeServer) -> None:
+    server.rcpt_reply = lambda a: b"250 OK\r\n250 OK"  # one RCPT, two replies
+    pool = pool_for(server)
+    with pytest.raises(NextHopError, match="out of step"):
+        await pool.send(SENDER, ["a@o.vn"], Body.from_bytes(MESSAGE))
+    await pool.close()
+    assert server.transactions == []
+
+
+# -- robustness: odd bytes, exceptions ---------------------------------------------------------
+
+
+async def test_non_utf8_ehlo_extension_is_not_an_exception(server: FakeServer) -> None:
+    server.extra_extensions = [b"X-H\xf4P-TH\xef", b"AUTH PLAIN \xff"]
+    deliverer = NetworkDeliverer(DeliveryTarget("smtp", "127.0.0.1", server.port), HELO, 2.0, 2)
+    results = await deliverer.deliver(SENDER, ["a@o.vn"], Body.from_bytes(MESSAGE))
+    await deliverer.close()
+    assert results["a@o.vn"].code == 250
+    assert len(server.transactions) == 1
+
+
+async def test_network_deliverer_turns_any_exception_into_451(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(*args: Any) -> HopReplies:
+        raise ValueError("a bug")
+
+    deliverer = NetworkDeliverer(DeliveryTarget("smtp", "127.0.0.1", server.port), HELO, 2.0, 2)
+    monkeypatch.setattr(deliverer._pool, "send", broken)
+    results = await deliverer.deliver(SENDER, ["a@o.vn", "b@o.vn"], Body.from_bytes(MESSAGE))
+    await deliverer.close()
+    assert {(r.code, r.status) for r in results.values()} == {(451, "4.4.1")}
+    assert set(results) == {"a@o.vn", "b@o.vn"}
+    assert "ValueError: a bug" in results["a@o.vn"].text
+    assert "Traceback" in caplog.text
+
+
+# -- closing the pool under in-flight deliveries ----------------------------------------------
+
+
+async def test_closed_pool_lets_in_flight_delivery_finish_then_quits(server: FakeServer) -> None:
+    """A reload closes the old pool while a delivery is under way: it completes, and its
+    connection is closed with QUIT instead of going back into the closed pool."""
+    server.hold_final = asyncio.Event()
+    pool = pool_for(server)
+    sending = asyncio.create_task(pool.send(SENDER, ["a@o.vn"], Body.from_bytes(MESSAGE)))
+    async with asyncio.timeout(3):
+        await server.dot_seen.wait()
+    await pool.close()
+    server.hold_final.set()
+    results = await sending
+    assert results["a@o.vn"].code == 250
+    assert pool.closed and pool._idle == []
+    await until(lambda: server.commands[-1:] == [b"QUIT"])
+
+
+async def test_closed_pool_still_sends_on_a_fresh_connection(server: FakeServer) -> None:
+    pool = pool_for(server)
+    await pool.close()
+    for rcpt in ("a@o.vn", "b@o.vn"):
+        results = await pool.send(SENDER, [rcpt], Body.from_bytes(MESSAGE))
+        assert results[rcpt].code == 250
+        assert pool._idle == []
+    await until(lambda: server.commands.count(b"QUIT") == 2)
+    assert server.connections == 2
+
+
+# -- LMTP over a unix socket -----------------------------------------------------------------
+
+
+async def test_lmtp_over_a_unix_socket(tmp_path: Path) -> None:
+    path = tmp_path / "lmtp"
+    fake = await FakeServer(lmtp=True).start(unix_path=path)
+    try:
+        deliverer = NetworkDeliverer(DeliveryTarget("lmtp", path=path), HELO, 2.0, 2)
+        assert deliverer.hop == f"lmtp:unix:{path}"
+        results = await deliverer.deliver(SENDER, ["a@example.gov.vn"], Body.from_bytes(MESSAGE))
+        await deliverer.close()
+    finally:
+        await fake.close()
+    assert results["a@example.gov.vn"].code == 250
+    assert fake.commands[0] == b"LHLO " + HELO.encode()
+    assert unstuff(fake.transactions[0].data or b"") == MESSAGE
+
+
+async def test_missing_unix_socket_is_451(tmp_path: Path) -> None:
+    path = tmp_path / "absent"
+    deliverer = NetworkDeliverer(DeliveryTarget("lmtp", path=path), HELO, 2.0, 2)
+    results = await deliverer.deliver(SENDER, ["a@example.gov.vn"], Body.from_bytes(MESSAGE))
+    await deliverer.close()
+    reply = results["a@example.gov.vn"]
+    assert (reply.code, reply.status) == (451, "4.4.1")
+    assert f"lmtp:unix:{path}" in reply.text
 
 
 # -- MaildirDeliverer ----------------------------------------------------------------------

@@ -364,7 +364,14 @@ async def test_a_failing_attempt_does_not_stop_the_others(
     assert await setup.runner.run_once() == 2
     remaining = setup.entries()
     assert fine.queue_id not in remaining
-    assert remaining[broken.queue_id].attempts == 1  # untouched, retried next scan
+    # The router turns the exception into a 4xx for that hop's recipients: a recorded,
+    # counted attempt that is retried later, never a lost result.
+    kept = remaining[broken.queue_id]
+    assert kept.pending == ["broken@other.gov.vn"]
+    assert kept.attempts == 2
+    assert "RuntimeError: bug in a deliverer" in kept.last_error["broken@other.gov.vn"]
+    (deferred,) = [e for e in setup.named("deferred") if e["queue_id"] == broken.queue_id]
+    assert deferred["code"] == 451
 
 
 async def test_queue_scan_during_an_enqueue_keeps_the_body(
