@@ -158,7 +158,9 @@ class Connection:
                 connecting = asyncio.open_connection(hop.host, hop.port, limit=1 << 16)
             reader, writer = await asyncio.wait_for(connecting, timeout)
         except (OSError, TimeoutError) as exc:
-            raise NextHopError(f"cannot connect to {hop}: {exc or type(exc).__name__}") from None
+            raise NextHopError(
+                f"cannot connect to {hop}: {str(exc) or type(exc).__name__}"
+            ) from None
         conn = cls(hop, reader, writer, timeout)
         try:
             async with conn._deadline():
@@ -231,7 +233,9 @@ class Connection:
             self._extend()
             await self._hello(helo_name)
         except (OSError, TimeoutError, NextHopError) as exc:
-            raise TlsFailed(f"TLS with {self.hop} failed: {exc or type(exc).__name__}") from None
+            raise TlsFailed(
+                f"TLS with {self.hop} failed: {str(exc) or type(exc).__name__}"
+            ) from None
         ssl_object = self._writer.get_extra_info("ssl_object")
         version = ssl_object.version() if ssl_object is not None else "TLS"
         self.tls = f"{version}{' verified' if level == 'verify' else ''}"

@@ -162,6 +162,12 @@ class PrivateDovecot:
         """The Maildirs, `<mail_root>/<domain>/<local part>/Maildir`, running or stopped."""
         return self.workdir / "mail"
 
+    @property
+    def lmtp_socket(self) -> Path:
+        """LMTP's unix listener: Dovecot's built-in default one, `<base_dir>/lmtp` (mode 0666),
+        what a distro install serves as /run/dovecot/lmtp."""
+        return self._rt("run") / "lmtp"
+
     def maildir(self, address: str) -> Path:
         """The Maildir `address` delivers to (for tests that inspect files)."""
         local, _, domain = address.lower().partition("@")
