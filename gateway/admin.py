@@ -35,11 +35,19 @@ class CommandError(Exception):
 
 
 class Admin:
-    """The directory and the event log, opened for one CLI command."""
+    """The directory and the event log, opened for one CLI command.
 
-    def __init__(self, config: Config) -> None:
+    Only ``create`` commands (the ones that add the first entries) may create a missing
+    directory database; the others say it is missing instead of showing an empty one.
+    """
+
+    def __init__(self, config: Config, create: bool = False) -> None:
         self.config = config
-        self.directory = Directory.for_data_dir(config.gateway.data_dir)
+        data_dir = config.gateway.data_dir
+        if create:
+            self.directory = Directory.for_data_dir(data_dir)
+        else:
+            self.directory = Directory.open_existing(data_dir, config.path)
         self.events = EventLog(config.log.dir)
 
     def emit(self, event: str, **fields: Any) -> None:
@@ -259,6 +267,7 @@ def add_directory_commands(
         dest="mailbox_command", required=True, metavar="ACTION"
     )
     p = add(mailbox, "add", mailbox_add, "create a mailbox")
+    p.set_defaults(creates_directory=True)
     p.add_argument("address")
     p.add_argument("--name", required=True, help="full name, Vietnamese with diacritics")
     p.add_argument("--kind", choices=KINDS, default="personal")
@@ -315,6 +324,7 @@ def add_directory_commands(
         dest="unit_command", required=True, metavar="ACTION"
     )
     p = add(unit, "add", unit_add, "register a unit")
+    p.set_defaults(creates_directory=True)
     p.add_argument("symbol")
     p.add_argument("--name", required=True)
     add(unit, "list", unit_list, "list units")
@@ -331,6 +341,7 @@ def add_directory_commands(
         dest="directory_command", required=True, metavar="ACTION"
     )
     p = add(directory, "import", directory_import, "import registration forms from CSV")
+    p.set_defaults(creates_directory=True)
     p.add_argument("file")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--domain", help="default: the first of gateway.domains")

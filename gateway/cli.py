@@ -2,6 +2,20 @@
 
 Every command takes ``-c CONFIG`` (before or after the command word), exits 0 on
 success and non-zero with a one-line reason on failure.
+
+Where each command lives (this module parses; the work is done where named):
+
+- ``serve``: :func:`cmd_serve` -> ``gateway.runtime.run`` (refuses a bad config or busy
+  port, builds the ``Runtime``, serves until SIGTERM, reloads on SIGHUP).
+- ``check-config``: :func:`cmd_check_config` -> ``gateway.config`` (validation, free
+  ports) and ``gateway.directory.mailboxes.count_mailboxes`` (is the directory there).
+- ``init``: :func:`cmd_init` -> ``gateway.tls`` (self-signed pair), folders, and the empty
+  directory database ``serve`` needs.
+- ``mailbox``, ``group``, ``unit``, ``address``, ``directory``, ``report``: one function
+  each in ``gateway.admin`` (which also declares their arguments).
+- ``logs search``: :func:`cmd_logs_search` -> ``gateway.events.search``.
+- ``maintenance``: :func:`cmd_maintenance` -> ``gateway.directory.lifecycle`` and
+  ``gateway.events.search.purge``.
 """
 
 from __future__ import annotations
@@ -18,7 +32,14 @@ from pathlib import Path
 from gateway.admin import Admin, CommandError, add_directory_commands
 from gateway.config import DEFAULT_CONFIG, Config, ConfigError, check_ports_free, load_config
 from gateway.directory.lifecycle import apply_lifecycle
-from gateway.directory.mailboxes import DirectoryError
+from gateway.directory.mailboxes import (
+    Directory,
+    DirectoryError,
+    DirectoryMissing,
+    count_mailboxes,
+    database_path,
+)
+from gateway.events.names import KNOWN_EVENTS
 from gateway.events.search import Query, format_event, parse_time, purge, search
 
 
@@ -34,6 +55,12 @@ def _config(args: argparse.Namespace) -> Config:
                 else ""
             )
         ) from None
+    except Exception as exc:  # e.g. ValueError for a NUL byte in a path: one line, no traceback
+        raise CommandError(f"invalid config {args.config}: {_why(exc)}") from None
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -43,21 +70,63 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Errors (exit 1), then where the gateway will keep its data, then warnings (exit 0).
+
+    Whatever goes wrong, the output stays one line per problem: a surprise while
+    loading is ``config error: ...`` and exit 2, never a traceback.
+    """
     try:
         config = load_config(Path(args.config))
+        problems = [] if args.skip_bind else check_ports_free(config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"error: {problem}")
         print(f"{args.config}: {len(exc.problems)} problem(s)")
         return 1
-    problems = [] if args.skip_bind else check_ports_free(config)
+    except Exception as exc:
+        print(f"config error: {args.config}: {_why(exc)}")
+        return 2
     for problem in problems:
         print(f"error: {problem}")
+    try:
+        warnings = _data_report(config)
+    except Exception as exc:
+        print(f"config error: {args.config}: {_why(exc)}")
+        return 2
+    for warning in warnings:
+        print(f"warning: {warning}")
     if problems:
         print(f"{args.config}: {len(problems)} problem(s)")
         return 1
-    print(f"{args.config}: OK")
+    print(f"{args.config}: OK" + (f" ({len(warnings)} warning(s))" if warnings else ""))
     return 0
+
+
+def _data_report(config: Config) -> list[str]:
+    """Print the resolved data paths; return what would hurt ``serve`` (a wrong data_dir
+    is the usual cause of every local recipient being refused)."""
+    data_dir = config.gateway.data_dir.resolve()
+    database = database_path(data_dir)
+    paths = {
+        "data_dir": data_dir,
+        "directory database": database,
+        "spool dir": config.spool_dir.resolve(),
+        "log dir": config.log.dir.resolve(),
+    }
+    for label, path in paths.items():
+        print(f"{label}: {path}")
+    try:
+        count = count_mailboxes(data_dir, config.path)
+    except DirectoryMissing as exc:
+        return [f"{exc}; serve refuses to start without it"]
+    except DirectoryError as exc:
+        return [str(exc)]
+    if count == 0:
+        return [
+            f"the directory {database} holds no mailbox: every local recipient gets"
+            " 550 user unknown (add one with `mailgate mailbox add`)"
+        ]
+    return []
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -78,6 +147,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     config = _config(args)
     for folder in (config.gateway.data_dir, config.log.dir):
         folder.mkdir(parents=True, exist_ok=True)
+    database = database_path(config.gateway.data_dir)
+    if not database.exists():
+        Directory.for_data_dir(config.gateway.data_dir).close()
+        print(f"created an empty directory database {database.resolve()}")
     print(f"{path}: ready")
     return 0
 
@@ -95,14 +168,29 @@ def cmd_logs_search(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    found = False
     for record in search(config.log.dir, query):
+        found = True
         line = json.dumps(record, ensure_ascii=False) if args.json else format_event(record)
         print(line)
+    if not found and args.event is not None and args.event not in KNOWN_EVENTS:
+        # A typo must not look like "it never happened". Names the gateway does not know
+        # are still searched: events imported from elsewhere may carry them.
+        print(
+            f"mailgate: no event is named {args.event!r}; known events:"
+            f" {', '.join(sorted(KNOWN_EVENTS))}",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 
 def _run_admin(args: argparse.Namespace) -> int:
-    admin = Admin(_config(args))
+    """Only the commands that create the first entries may create the database."""
+    try:
+        admin = Admin(_config(args), create=getattr(args, "creates_directory", False))
+    except DirectoryError as exc:
+        raise CommandError(str(exc)) from None
     try:
         args.admin_handler(admin, args)
     except DirectoryError as exc:
@@ -119,7 +207,10 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
         now = parse_time(args.now) if args.now else datetime.now(UTC)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    admin = Admin(config)
+    try:
+        admin = Admin(config)
+    except DirectoryError as exc:
+        raise CommandError(str(exc)) from None
     try:
         changes = apply_lifecycle(admin.directory, now.date(), admin.emit)
         for change in changes:
@@ -193,7 +284,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "config"):
         args.config = str(DEFAULT_CONFIG)
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # here, so a closed pipe is caught below, not at exit
+        return status
+    except BrokenPipeError:
+        # ``mailgate logs search | head``: the reader has all it wants. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141  # 128 + SIGPIPE, as a shell reports a writer killed by the pipe
     except CommandError as exc:
         print(f"mailgate: {exc}", file=sys.stderr)
         return 1

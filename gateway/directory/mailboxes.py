@@ -168,12 +168,14 @@ class Directory:
             raise DirectoryError(f"cannot open the directory database {path}: {why}") from None
 
     def close(self) -> None:
-        with self._lock:
-            self._writer.close()
+        """Readers first: the last connection to close checkpoints the WAL, and only the
+        writer may."""
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
+        with self._lock:
+            self._writer.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -540,6 +542,22 @@ class Directory:
             if mailbox and mailbox.kind != "group" and mailbox.state != "revoked":
                 found.append(mailbox.address)
         return sorted(found)
+
+
+def count_mailboxes(data_dir: Path, config_path: Path | None = None) -> int:
+    """Mailboxes in the directory of ``data_dir``, read without creating or migrating
+    anything (``check-config`` may run beside a live gateway)."""
+    path = database_path(data_dir)
+    if not path.is_file():
+        raise DirectoryMissing(path, config_path)
+    try:
+        conn = db.connect_reader(path)
+        try:
+            return int(conn.execute("SELECT count(*) FROM mailboxes").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise DirectoryError(f"cannot read the directory database {path}: {exc}") from None
 
 
 def _mailbox(row: sqlite3.Row) -> Mailbox:

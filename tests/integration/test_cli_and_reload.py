@@ -122,3 +122,109 @@ def test_files_the_gateway_writes_are_private(gateway: Gateway, sink: Sink) -> N
     assert any(p.suffix == ".jsonl" for p in written)
     loose = [str(p) for p in written if p.stat().st_mode & 0o077]
     assert loose == []
+
+
+def test_check_config_prints_the_data_paths_and_warns_about_the_directory(
+    make_gateway, sink: Sink
+) -> None:
+    """A mistyped data_dir is the usual reason every local recipient gets 550: show where
+    the data is, and warn (not fail) when the directory is missing or empty."""
+    gateway = make_gateway(sink.url, sink.url, mailboxes=())
+    var = (gateway.workdir / "var").resolve()
+    empty = gateway.cli("check-config", "--skip-bind", check=False)
+    assert empty.returncode == 0, empty.stdout
+    lines = empty.stdout.splitlines()
+    assert lines[:4] == [
+        f"data_dir: {var}",
+        f"directory database: {var / 'directory.sqlite3'}",
+        f"spool dir: {var / 'spool'}",
+        f"log dir: {var / 'log'}",
+    ]
+    assert lines[4] == (
+        f"warning: the directory {var / 'directory.sqlite3'} holds no mailbox: every local"
+        " recipient gets 550 user unknown (add one with `mailgate mailbox add`)"
+    )
+    assert lines[5:] == [f"{gateway.config_path}: OK (1 warning(s))"]
+
+    sections = gateway.sections()
+    sections["gateway"]["data_dir"] = "vra"
+    from tests.integration.harness import render_toml
+
+    gateway.write_config(render_toml(sections))
+    typo = gateway.cli("check-config", "--skip-bind", check=False)
+    assert typo.returncode == 0
+    missing = (gateway.workdir / "vra" / "directory.sqlite3").resolve()
+    (warning,) = [line for line in typo.stdout.splitlines() if line.startswith("warning: ")]
+    assert f"no directory database at {missing}" in warning
+    assert f"run `mailgate init -c {gateway.config_path}`" in warning
+    assert not (gateway.workdir / "vra").exists(), "check-config creates nothing"
+
+    gateway.write_config()
+    gateway.add_recipients("bob@example.gov.vn")
+    fine = gateway.cli("check-config", "--skip-bind")
+    assert "warning" not in fine.stdout and fine.stdout.endswith(": OK\n")
+
+
+def test_check_config_reports_a_surprise_in_one_line(make_gateway, sink: Sink) -> None:
+    """A NUL byte in a path makes the loader raise ValueError: one line, exit 2."""
+    gateway = make_gateway(sink.url, sink.url)
+    text = gateway.config_path.read_text()
+    gateway.write_config(
+        text.replace("[smtp]\n", '[smtp]\ntls_cert = "a\\u0000b"\ntls_key = "k.pem"\n')
+    )
+    result = gateway.cli("check-config", check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stdout.splitlines() == [
+        f"config error: {gateway.config_path}: ValueError: embedded null byte"
+    ]
+    other = gateway.cli("logs", "search", check=False)
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert other.stderr.splitlines() == [
+        f"mailgate: invalid config {gateway.config_path}: ValueError: embedded null byte"
+    ]
+
+
+def test_logs_search_into_head_ends_quietly(make_gateway, sink: Sink) -> None:
+    """``mailgate logs search | head -1``: no BrokenPipeError traceback."""
+    gateway = make_gateway(sink.url, sink.url)
+    gateway.log_dir.mkdir(parents=True, exist_ok=True)
+    day = gateway.log_dir / "events-2026-11-25.jsonl"
+    with day.open("w", encoding="utf-8") as out:
+        for n in range(20_000):  # ~2 MB: far more than a pipe buffer holds
+            out.write(json.dumps({"ts": "2026-11-25T10:00:00Z", "event": "delivered", "n": n}))
+            out.write("\n")
+    search = subprocess.Popen(
+        [*MAILGATE, "-c", str(gateway.config_path), "logs", "search"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    head = subprocess.run(
+        ["head", "-1"], stdin=search.stdout, capture_output=True, text=True, timeout=60
+    )
+    assert search.stdout is not None and search.stderr is not None
+    search.stdout.close()  # only head reads it now: when head exits, the pipe is broken
+    stderr = search.stderr.read().decode()
+    status = search.wait(timeout=60)
+    assert head.stdout.startswith("2026-11-25T10:00:00Z delivered")
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+    assert stderr == ""
+    assert status in (0, 141)
+
+
+def test_logs_search_for_an_event_nobody_emits_says_so(make_gateway, sink: Sink) -> None:
+    gateway = make_gateway(sink.url, sink.url)
+    gateway.log_dir.mkdir(parents=True, exist_ok=True)
+    day = gateway.log_dir / "events-2026-11-25.jsonl"
+    day.write_text(
+        '{"ts":"2026-11-25T10:00:00Z","event":"delivered"}\n'
+        '{"ts":"2026-11-25T10:00:01Z","event":"imported_from_elsewhere"}\n'
+    )
+    typo = gateway.cli("logs", "search", "--event", "deliverd", check=False)
+    assert typo.returncode == 2 and typo.stdout == ""
+    (line,) = typo.stderr.splitlines()
+    assert line.startswith("mailgate: no event is named 'deliverd'; known events: ")
+    assert "delivered" in line.split("known events: ")[1].split(", ")
+    nothing = gateway.cli("logs", "search", "--event", "bounced")  # known, none happened
+    assert nothing.returncode == 0 and nothing.stdout == "" and nothing.stderr == ""
+    foreign = gateway.cli("logs", "search", "--event", "imported_from_elsewhere")
+    assert "imported_from_elsewhere" in foreign.stdout  # names in the files still match

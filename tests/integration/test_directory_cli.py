@@ -564,3 +564,44 @@ def test_report_units(gw: Gateway) -> None:
     assert by_scope[("unit", "VP")]["total"] == 0  # a unit without mailboxes is reported
     assert by_scope[("no-unit", None)]["total"] == 1
     assert rows[-1]["scope"] == "total" and rows[-1]["total"] == 4
+
+
+# -- a missing directory database ----------------------------------------------------------
+
+
+def test_only_the_creating_commands_create_a_missing_directory(gw: Gateway) -> None:
+    """A wrong -c or data_dir must not show an empty directory as if it were the real one."""
+    database = gw.workdir / "var" / "directory.sqlite3"
+    database.unlink()
+    for command in (
+        ("mailbox", "list"),
+        ("mailbox", "show", addr("dvbe")),
+        ("unit", "list"),
+        ("address", "suggest", "Đỗ Văn Bê"),
+        ("report", "units"),
+    ):
+        reason = refused(gw, *command)
+        assert reason == (
+            f"no directory database at {database.resolve()} (is gateway.data_dir right?);"
+            f" to create an empty one run `mailgate init -c {gw.config_path}`"
+        ), command
+        assert not database.exists(), command
+    maintenance = gw.cli("maintenance", check=False)
+    assert maintenance.returncode == 1 and "no directory database" in maintenance.stderr
+    assert not database.exists()
+    run(gw, "mailbox", "add", addr("dvbe"), "--name", "Đỗ Văn Bê", "--password", "Mậtkhẩu#2026")
+    assert database.exists()
+    assert [m["address"] for m in listed(gw)] == [addr("dvbe")]
+
+
+def test_unit_add_and_import_may_start_a_directory(gw: Gateway, tmp_path: Path) -> None:
+    database = gw.workdir / "var" / "directory.sqlite3"
+    database.unlink()
+    run(gw, "unit", "add", "VP", "--name", "Văn phòng")
+    assert database.exists()
+    database.unlink()
+    csv = tmp_path / "forms.csv"
+    csv.write_text("full_name\nĐỗ Văn Bê\n", encoding="utf-8")
+    result = gw.cli("directory", "import", str(csv), "--dry-run", check=False)
+    assert "no directory database" not in result.stderr
+    assert database.exists()

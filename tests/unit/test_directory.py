@@ -865,3 +865,12 @@ def test_open_existing_names_a_file_that_is_not_a_database(tmp_path: Path) -> No
     (tmp_path / "directory.sqlite3").write_bytes(b"not sqlite at all, long enough" * 10)
     with pytest.raises(DirectoryError, match=r"cannot open the directory database .*: file is not"):
         Directory.open_existing(tmp_path)
+
+
+def test_close_checkpoints_the_wal(tmp_path: Path) -> None:
+    """The writer closes last, so the WAL is folded back and removed (readers cannot)."""
+    directory = Directory(tmp_path / "directory.sqlite3")
+    personal(directory, "dvbe")
+    assert directory.get(addr("dvbe")) is not None  # a reader connection is open too
+    directory.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["directory.sqlite3"]

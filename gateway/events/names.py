@@ -1,0 +1,55 @@
+"""Every event name the gateway writes, in one place.
+
+``mailgate logs search --event`` uses it to tell a typo from "nothing happened": a search
+for a name nobody emits would otherwise print nothing and succeed. A module that emits a
+new event adds its name here (tests/unit/test_events_names.py checks the code against it).
+"""
+
+from __future__ import annotations
+
+KNOWN_EVENTS: tuple[str, ...] = (
+    # process life
+    "gateway_start",
+    "gateway_stop",
+    "config_reloaded",
+    "config_rejected",
+    # SMTP sessions
+    "session_start",
+    "session_end",
+    "connection_refused",
+    "tls_failed",
+    "command_rejected",
+    "auth_success",
+    "auth_failure",
+    "mail_rejected",
+    "rcpt_rejected",
+    "protocol_error",
+    # messages
+    "message_accepted",
+    "message_rejected",
+    "message_tempfailed",
+    "relay_cancelled",
+    "client_gone",
+    "delivered",
+    "deferred",
+    "delivery_failed",
+    "bounced",
+    "bounce_suppressed",
+    "retry_scheduled",
+    "dequeued",
+    "spool_corrupt",
+    "spool_error",
+    # the directory (CLI and maintenance)
+    "mailbox_added",
+    "mailbox_state",
+    "password_changed",
+    "password_change_refused",
+    "mailbox_retirement",
+    "delegation_changed",
+    "group_member_added",
+    "group_member_removed",
+    "unit_added",
+    "directory_imported",
+    # log retention
+    "log_purged",
+)
