@@ -1,6 +1,8 @@
 """Failed-login throttling per address and per client (MOST 15.2, MIC 15.2).
 
-Counts failures in a sliding window in memory: a guesser is slowed down without a
+Counts failures in a sliding window in memory, plus the attempts still being
+checked (argon2 takes ~80 ms: without them, N parallel connections would get N
+guesses past the limit): a guesser is slowed down without a
 database write per attempt, and a restart forgives, which is acceptable for a
 window of minutes. Shared by SMTP AUTH and, later, the IMAP proxy.
 """
@@ -8,7 +10,7 @@ window of minutes. Shared by SMTP AUTH and, later, the IMAP proxy.
 from __future__ import annotations
 
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 
 
@@ -26,6 +28,8 @@ class LoginThrottle:
         self._clock = clock
         self._by_address: defaultdict[str, deque[float]] = defaultdict(deque)
         self._by_client: defaultdict[str, deque[float]] = defaultdict(deque)
+        self._checking_address: Counter[str] = Counter()
+        self._checking_client: Counter[str] = Counter()
 
     def _recent(self, table: defaultdict[str, deque[float]], key: str) -> int:
         stamps = table.get(key)
@@ -41,11 +45,26 @@ class LoginThrottle:
 
     def blocked(self, address: str, client: str) -> str | None:
         """Why a login from ``client`` as ``address`` must wait, or None."""
-        if self._recent(self._by_address, address.lower()) >= self.per_address:
-            return f"too many failed logins for {address.lower()}"
-        if self._recent(self._by_client, client) >= self.per_client:
+        key = address.lower()
+        if self._recent(self._by_address, key) + self._checking_address[key] >= self.per_address:
+            return f"too many failed logins for {key}"
+        if self._recent(self._by_client, client) + self._checking_client[client] >= self.per_client:
             return f"too many failed logins from {client}"
         return None
+
+    def begin(self, address: str, client: str) -> None:
+        """An attempt is being checked: it counts as a failure until ``end``."""
+        self._checking_address[address.lower()] += 1
+        self._checking_client[client] += 1
+
+    def end(self, address: str, client: str) -> None:
+        for table, key in (
+            (self._checking_address, address.lower()),
+            (self._checking_client, client),
+        ):
+            table[key] -= 1
+            if table[key] <= 0:
+                del table[key]
 
     MAX_KEYS = 100_000
 

@@ -88,7 +88,10 @@ class SmtpSection:
     max_recipients: int = _opt("count", 1000)
     idle_timeout: float = _opt("seconds", 300.0)
     transaction_timeout: float = _opt("seconds", 900.0)
-    max_connections: int = _opt("count", 500)
+    max_connections: int = _opt("count", 500, "sessions at once, all listeners together")
+    max_connections_per_listener: int = _opt(
+        "count", 400, "sessions at once on one listener (keep below max_connections)"
+    )
     max_connections_per_client: int = _opt("count", 50)
     max_errors: int = _opt("count", 20, "protocol errors before the session is closed")
     spill_threshold: int = _opt("size", 1_048_576, "bytes kept in memory before DATA spills")

@@ -16,7 +16,8 @@ from dataclasses import asdict
 
 from gateway.config import QueueSection
 from gateway.dsn import FailedRecipient
-from gateway.relay import Relay, Split, failure_of, remote_mta
+from gateway.outcomes import Split, failure_of, remote_mta
+from gateway.relay import Relay
 from gateway.spool import Body, QueueEntry
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ class QueueRunner:
         self._settings = settings
         self._clock = clock
         self._wake = asyncio.Event()
+        # Entries whose last attempt raised (their state could not be saved): when to
+        # look again. Without it, a failing entry was retried, and its delivered
+        # recipients sent another copy, on every scan.
+        self._held: dict[str, tuple[int, float]] = {}
 
     @property
     def relay(self) -> Relay:
@@ -58,9 +63,9 @@ class QueueRunner:
         while True:
             try:
                 await self.run_once()
-            except OSError as exc:  # the spool folder itself failed: say so, keep trying
-                log.error("queue scan failed: %s", exc)
-                self.relay.events.emit("spool_error", reason=str(exc))
+            except Exception as exc:  # the spool folder itself failed: say so, keep trying
+                log.exception("queue scan failed")
+                self.relay.events.emit("spool_error", reason=f"{type(exc).__name__}: {exc}")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings().scan_interval_seconds)
@@ -71,20 +76,38 @@ class QueueRunner:
         for problem in problems:
             self.relay.events.emit("spool_corrupt", reason=problem)
         now = self._clock()
-        due = [e for e in entries if e.next_attempt <= now]
+        due = [e for e in entries if e.next_attempt <= now and self._released(e.queue_id, now)]
         limit = asyncio.Semaphore(PARALLEL_ATTEMPTS)
 
         async def attempt(entry: QueueEntry) -> None:
             async with limit:
                 try:
                     await self.attempt(entry)
-                except Exception:
+                except Exception as exc:
                     log.exception("queue attempt for %s failed", entry.queue_id)
+                    self._hold(entry, exc)
+                else:
+                    self._held.pop(entry.queue_id, None)
 
         async with asyncio.TaskGroup() as group:
             for entry in due:
                 group.create_task(attempt(entry))
         return len(due)
+
+    def _released(self, queue_id: str, now: float) -> bool:
+        held = self._held.get(queue_id)
+        return held is None or held[1] <= now
+
+    def _hold(self, entry: QueueEntry, exc: Exception) -> None:
+        failures = self._held.get(entry.queue_id, (0, 0.0))[0] + 1
+        until = self._clock() + next_delay(entry.attempts + failures, self._settings())
+        self._held[entry.queue_id] = (failures, until)
+        self.relay.events.emit(
+            "spool_error",
+            queue_id=entry.queue_id,
+            message_id=entry.message_id,
+            reason=f"attempt failed ({type(exc).__name__}: {exc}); next try after a backoff",
+        )
 
     async def attempt(self, entry: QueueEntry) -> None:
         """Try the pending recipients once, then save, bounce or finish the entry.
@@ -101,7 +124,7 @@ class QueueRunner:
             await asyncio.to_thread(spool.save, entry)
         if entry.failed:
             failures = [FailedRecipient(**failed) for failed in entry.failed]
-            await self.relay.bounce(
+            await self.relay.bouncer.bounce(
                 entry.queue_id, entry.sender, entry.arrival, failures, body.headers
             )
             entry.failed = []
@@ -117,7 +140,7 @@ class QueueRunner:
         split = Split.of(outcomes)
         entry.attempts += 1
         now = self._clock()
-        self.relay.emit_hops(
+        self.relay.outcomes.hops(
             entry.queue_id, entry.message_id, entry.sender, split, attempt=entry.attempts
         )
         failures = [failure_of(r, o) for r, o in split.failed.items()]

@@ -1,9 +1,13 @@
-"""What happens to a message after DATA: filters, delivery, and the one reply the sender gets.
+"""The one reply a sender gets at the end of DATA: filters, delivery, and the 250 decision.
 
 The gateway is a before-queue proxy. It answers 250 only when every recipient
 was accepted by its next hop, durably spooled for retry, or durably turned
 into a bounce; when every recipient failed temporarily it answers 4xx and
 keeps nothing, so the sender retries and no copy exists twice.
+
+One ``Relay`` lives as long as the process: a reload swaps its ``settings`` and
+``router`` with plain assignments, so the queue and sessions in flight never
+hold a stale object.
 """
 
 from __future__ import annotations
@@ -13,47 +17,25 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from gateway.config import parse_host_port
-from gateway.delivery import Outcome, Router
-from gateway.dsn import FailedRecipient, build_dsn, is_bounce_worthy
+from gateway.bounces import Bouncer
+from gateway.delivery import Router
 from gateway.events.writer import EventLog
+from gateway.outcomes import OutcomeLog, Split, failure_of
 from gateway.pipeline import Action, EnabledFilter, MessageContext, run_filters
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
-from gateway.spool import Body, QueueEntry, Spool, new_queue_id
+from gateway.spool import QueueEntry, Spool
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Split:
-    """Recipients sorted by what their next hop said."""
+class RelaySettings:
+    """The parts of the config the relay reads; replaced whole on reload."""
 
-    delivered: dict[str, Outcome]
-    deferred: dict[str, Outcome]
-    failed: dict[str, Outcome]
-
-    @classmethod
-    def of(cls, outcomes: dict[str, Outcome]) -> Split:
-        return cls(
-            {r: o for r, o in outcomes.items() if o.reply.is_success},
-            {r: o for r, o in outcomes.items() if o.reply.is_temporary},
-            {r: o for r, o in outcomes.items() if o.reply.is_permanent},
-        )
-
-
-def remote_mta(hop: str) -> str | None:
-    """The host name a DSN's Remote-MTA field wants (``dns; HOST``), if the hop has one."""
-    _, sep, rest = hop.partition("://")
-    address = parse_host_port(rest) if sep else None
-    return address.host if address else None
-
-
-def failure_of(recipient: str, outcome: Outcome) -> FailedRecipient:
-    reply = outcome.reply
-    return FailedRecipient(recipient, reply.status, str(reply), remote_mta(outcome.hop))
+    filters: tuple[EnabledFilter, ...]
+    retry_min_seconds: float
 
 
 class Relay:
@@ -68,51 +50,84 @@ class Relay:
         filters: Sequence[EnabledFilter],
         retry_min_seconds: float,
     ) -> None:
-        self.hostname = hostname
         self.router = router
         self.spool = spool
         self.events = events
-        self.filters = filters
-        self.retry_min_seconds = retry_min_seconds
+        self.settings = RelaySettings(tuple(filters), retry_min_seconds)
+        self.bouncer = Bouncer(hostname, spool, events)
+        self.outcomes = OutcomeLog(events)
+
+    def reconfigure(self, hostname: str, router: Router, settings: RelaySettings) -> None:
+        """SIGHUP: later messages use these; messages in flight finish with what they hold."""
+        self.bouncer.hostname = hostname
+        self.router = router
+        self.settings = settings
 
     async def handle(self, ctx: MessageContext) -> Reply:
-        """The reply to the end of DATA for ``ctx``."""
-        verdict = await run_filters(ctx, self.filters)
+        """The reply to the end of DATA for ``ctx``; records its outcome even if cancelled."""
+        try:
+            return await self._handle(ctx)
+        except asyncio.CancelledError:
+            self.events.emit(
+                "relay_cancelled",
+                session=ctx.session_id,
+                queue_id=ctx.queue_id,
+                message_id=ctx.message_id,
+                sender=ctx.sender,
+                recipients=ctx.recipients,
+                reason="shutdown cut the relay; the sender got no 250 and will retry",
+            )
+            raise
+
+    async def _handle(self, ctx: MessageContext) -> Reply:
+        settings, router = self.settings, self.router
+        verdict = await run_filters(ctx, settings.filters)
         if verdict.action is not Action.ACCEPT:
             assert verdict.reply is not None
             event = "message_tempfailed" if verdict.reply.is_temporary else "message_rejected"
-            self._emit_end(ctx, event, verdict.reply, reason=verdict.rule)
+            self._emit_end(ctx, event, verdict.reply, reason=verdict.reply.text)
             return verdict.reply
-        outcomes = await self.router.deliver(ctx.sender, ctx.recipients, ctx.body)
-        split = Split.of(outcomes)
-        self.emit_hops(ctx.queue_id, ctx.message_id, ctx.sender, split)
-        if not split.delivered and not split.failed:
-            first = next(iter(split.deferred.values()))
-            reply = replies.NEXT_HOP_UNAVAILABLE.with_text(
-                f"{replies.NEXT_HOP_UNAVAILABLE.text} [delivery]: {first.hop}: {first.reply}"
+        if not ctx.recipients:
+            reply = replies.NO_DELIVERABLE_RECIPIENT.with_rule(
+                "delivery", "no recipient is left to deliver to"
             )
-            self._emit_end(ctx, "message_tempfailed", reply, reason="next hop unavailable")
+            self._emit_end(ctx, "message_rejected", reply, reason=reply.text)
+            return reply
+        outcomes = await router.deliver(ctx.sender, ctx.recipients, ctx.body)
+        split = Split.of(outcomes)
+        self.outcomes.hops(ctx.queue_id, ctx.message_id, ctx.sender, split)
+        if not split.delivered and not split.failed:
+            # The next hop's own words (which may name internal hosts) stay in the events.
+            reply = replies.NEXT_HOP_UNAVAILABLE.with_rule("delivery")
+            detail = "; ".join(sorted({f"{o.hop}: {o.reply}" for o in split.deferred.values()}))
+            self._emit_end(ctx, "message_tempfailed", reply, reason=f"{reply.text}: {detail}")
             return reply
         if not split.delivered and not split.deferred:
-            first = next(iter(split.failed.values())).reply
-            reply = Reply(first.code, first.status, f"{first.text} [delivery]")
-            self._emit_end(ctx, "message_rejected", reply, reason="refused by next hop")
+            first = next(iter(split.failed.values()))
+            reply = Reply(
+                first.reply.code, first.reply.status, f"{replies.REFUSED_BY_NEXT_HOP.text}"
+            ).with_rule("delivery")
+            self._emit_end(
+                ctx, "message_rejected", reply, reason=f"{reply.text}: {first.hop}: {first.reply}"
+            )
             return reply
         try:
-            await self._keep_the_rest(ctx, split)
+            await self._keep_the_rest(ctx, split, settings)
         except OSError as exc:
             # Some recipients already have the message; the rest could not be made durable.
             # A 4xx may duplicate for the delivered ones, a 250 would lose the others:
             # duplicates are the lesser harm.
             log.error("spool write failed for %s: %s", ctx.queue_id, exc)
-            reply = replies.SPOOL_UNAVAILABLE
+            reply = replies.SPOOL_UNAVAILABLE.with_rule("spool")
             self._emit_end(ctx, "message_tempfailed", reply, reason=f"spool write failed: {exc}")
             return reply
         reply = replies.QUEUED.with_text(f"{replies.QUEUED.text} {ctx.queue_id}")
         self._emit_end(ctx, "message_accepted", reply)
         return reply
 
-    async def _keep_the_rest(self, ctx: MessageContext, split: Split) -> None:
+    async def _keep_the_rest(
+        self, ctx: MessageContext, split: Split, settings: RelaySettings
+    ) -> None:
         """Spool deferred recipients and bounce failed ones, durably, before the 250."""
         now = time.time()
         if split.deferred:
@@ -121,7 +136,7 @@ class Relay:
                 sender=ctx.sender,
                 pending=list(split.deferred),
                 arrival=now,
-                next_attempt=now + self.retry_min_seconds,
+                next_attempt=now + settings.retry_min_seconds,
                 attempts=1,
                 message_id=ctx.message_id,
                 last_error={r: str(o.reply) for r, o in split.deferred.items()},
@@ -129,77 +144,7 @@ class Relay:
             await asyncio.to_thread(self.spool.enqueue, entry, ctx.body)
         if split.failed:
             failures = [failure_of(r, o) for r, o in split.failed.items()]
-            await self.bounce(ctx.queue_id, ctx.sender, now, failures, ctx.body.headers)
-
-    async def bounce(
-        self,
-        queue_id: str,
-        sender: str,
-        arrival: float,
-        failures: Sequence[FailedRecipient],
-        original_headers: bytes,
-    ) -> None:
-        """Spool an RFC 3464 DSN to ``sender`` (never for bounces themselves)."""
-        recipients = [f.recipient for f in failures]
-        if not is_bounce_worthy(sender):
-            self.events.emit(
-                "bounce_suppressed",
-                queue_id=queue_id,
-                sender=sender,
-                recipients=recipients,
-                reason="null sender",
-            )
-            return
-        dsn = build_dsn(
-            reporting_mta=self.hostname,
-            original_sender=sender,
-            queue_id=queue_id,
-            arrival=datetime.fromtimestamp(arrival, UTC),
-            failures=failures,
-            original_headers=original_headers,
-        )
-        dsn_id = new_queue_id()
-        now = time.time()
-        entry = QueueEntry(dsn_id, "", [sender], now, now, message_id=None)
-        await asyncio.to_thread(self.spool.enqueue, entry, Body.from_bytes(dsn))
-        self.events.emit(
-            "bounced",
-            queue_id=queue_id,
-            sender=sender,
-            recipients=recipients,
-            reason="; ".join(f"{f.recipient}: {f.diagnostic}" for f in failures),
-            dsn_queue_id=dsn_id,
-        )
-
-    def emit_hops(
-        self,
-        queue_id: str,
-        message_id: str | None,
-        sender: str,
-        split: Split,
-        **extra: object,
-    ) -> None:
-        """One event per (outcome, next hop, reply): delivered, deferred, delivery_failed."""
-        for event, group in (
-            ("delivered", split.delivered),
-            ("deferred", split.deferred),
-            ("delivery_failed", split.failed),
-        ):
-            by_hop: dict[tuple[str, Reply], list[str]] = {}
-            for recipient, outcome in group.items():
-                by_hop.setdefault((outcome.hop, outcome.reply), []).append(recipient)
-            for (hop, reply), recipients in by_hop.items():
-                self.events.emit(
-                    event,
-                    queue_id=queue_id,
-                    message_id=message_id,
-                    sender=sender,
-                    recipients=recipients,
-                    next_hop=hop,
-                    code=reply.code,
-                    reason=None if reply.is_success else str(reply),
-                    **extra,
-                )
+            await self.bouncer.bounce(ctx.queue_id, ctx.sender, now, failures, ctx.body.headers)
 
     def _emit_end(
         self, ctx: MessageContext, event: str, reply: Reply, reason: str | None = None

@@ -1,8 +1,8 @@
 """The running gateway: one Runtime object instead of global state.
 
 ``serve`` builds it, passes it to every listener, and on SIGHUP swaps in a new
-config (and whatever depends on it) with plain assignments; a bad new config
-leaves everything as it was.
+config (and whatever depends on it) with plain assignments; a bad new config,
+or any error while taking it, leaves everything as it was.
 """
 
 from __future__ import annotations
@@ -14,23 +14,29 @@ import ssl
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from gateway.auth import Authenticator
 from gateway.auth_throttle import LoginThrottle
 from gateway.config import Config, ConfigError, check_ports_free, listeners, load_config
+from gateway.data_lock import DataLock, DataLockError
 from gateway.delivery import Router
 from gateway.directory.cache import AcceptedRecipients
-from gateway.directory.mailboxes import Directory
+from gateway.directory.mailboxes import Directory, DirectoryError
 from gateway.events.writer import EventLog
 from gateway.filters import sender_identity  # noqa: F401  (registers the filter)
 from gateway.pipeline import REGISTRY, EnabledFilter
 from gateway.queue import QueueRunner
-from gateway.relay import Relay
+from gateway.relay import Relay, RelaySettings
 from gateway.smtp.data import DataLimits
 from gateway.smtp.handler import SessionHandler
 from gateway.smtp.inbound import InboundHandler
+from gateway.smtp.replies import Reply
 from gateway.smtp.server import ConnectionLimiter, GatewaySMTP, Limits
 from gateway.smtp.submission import SubmissionHandler
+from gateway.smtp.tls_accept import ImplicitTLSAcceptor
 from gateway.spool import Spool
+from gateway.tls import server_context
 
 log = logging.getLogger("gateway")
 # require_tls_for_auth = false is an explicit operator choice (loopback tests); aiosmtpd
@@ -43,10 +49,7 @@ SHUTDOWN_GRACE_SECONDS = 30.0
 def tls_context(config: Config) -> ssl.SSLContext | None:
     if config.smtp.tls_cert is None or config.smtp.tls_key is None:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(config.smtp.tls_cert, config.smtp.tls_key)
-    return context
+    return server_context(config.smtp.tls_cert, config.smtp.tls_key)
 
 
 def limits_of(config: Config) -> Limits:
@@ -70,53 +73,90 @@ def enabled_filters(config: Config) -> tuple[EnabledFilter, ...]:
     return (EnabledFilter(spec, spec.config_type()),)
 
 
+def relay_settings(config: Config) -> RelaySettings:
+    return RelaySettings(enabled_filters(config), config.queue.retry_min_seconds)
+
+
 @dataclass(frozen=True, slots=True)
 class Listener:
-    key: str
+    key: str  # the config key of its address
+    name: str  # as events show it
     handler: SessionHandler
     implicit_tls: bool
+    limiter: ConnectionLimiter
 
 
 class Runtime:
-    """Config, event log, spool, directory, delivery and the relay built on them."""
+    """Config, event log, spool, directory, delivery and the relay built on them.
 
-    def __init__(self, config: Config) -> None:
+    It is what the SMTP handlers see as ``SmtpServices`` (gateway/smtp/services.py).
+    """
+
+    def __init__(self, config: Config, directory: Directory | None = None) -> None:
         self.log = log
         self.config = config
         self.events = EventLog(config.log.dir)
         self.spool = Spool(config.spool_dir)
-        self.directory = Directory.for_data_dir(config.gateway.data_dir)
+        self.directory = directory or Directory.for_data_dir(config.gateway.data_dir)
         self.accepted_recipients = AcceptedRecipients()
         self.tls = tls_context(config)
         self.limits = limits_of(config)
-        self.limiter = ConnectionLimiter(
-            config.smtp.max_connections, config.smtp.max_connections_per_client
+        self.connections = ConnectionLimiter(
+            config.smtp.max_connections,
+            config.smtp.max_connections_per_client,
+            total_key="smtp.max_connections",
         )
         self.throttle = LoginThrottle(
             config.auth.max_failures_per_address,
             config.auth.max_failures_per_client,
             config.auth.failure_window_seconds,
         )
-        self.relay = self._relay(config, Router(config))
-        self.queue = QueueRunner(lambda: self.relay, lambda: self.config.queue)
-
-    def _relay(self, config: Config, router: Router) -> Relay:
-        return Relay(
+        self.authenticator = Authenticator(self.directory, self.throttle)
+        self.relay = Relay(
             config.gateway.hostname,
-            router,
+            Router(config),
             self.spool,
             self.events,
             enabled_filters(config),
             config.queue.retry_min_seconds,
         )
+        self.queue = QueueRunner(lambda: self.relay, lambda: self.config.queue)
+        self._in_flight: set[asyncio.Task[Reply]] = set()
+        self._retired_routers: set[asyncio.Task[Any]] = set()
+        self._listeners = self._make_listeners()
+
+    # -- relays that outlive their session ---------------------------------------------
+
+    def track(self, task: asyncio.Task[Reply]) -> None:
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    @property
+    def relays_in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def finish_relays(self, deadline: float) -> None:
+        """Let relays in flight end (they have the delivery timeout); past ``deadline``
+        cancel them, and each records ``relay_cancelled``: its sender got no 250."""
+        loop = asyncio.get_running_loop()
+        while self._in_flight and loop.time() < deadline:
+            await asyncio.wait(set(self._in_flight), timeout=max(deadline - loop.time(), 0))
+        for task in list(self._in_flight):
+            task.cancel()
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=5)
+
+    # -- SIGHUP ----------------------------------------------------------------------------
 
     async def reload(self) -> bool:
-        """SIGHUP: take the new config if it is valid, keep the old one otherwise."""
+        """SIGHUP: take the new config if it is valid, keep the old one on *any* error."""
         try:
             new = load_config(self.config.path)
             new_tls = tls_context(new)
-        except (ConfigError, ssl.SSLError, OSError) as exc:
-            problems = getattr(exc, "problems", [str(exc)])
+            router = self.relay.router if new.delivery == self.config.delivery else Router(new)
+            settings = relay_settings(new)
+        except Exception as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [_describe(exc)]
             self.events.emit("config_rejected", reason="; ".join(problems))
             log.error("config reload refused, keeping the running config: %s", problems)
             return False
@@ -125,36 +165,72 @@ class Runtime:
         restart_needed = sorted(
             k for k in before.keys() | after.keys() if before.get(k) != after.get(k)
         )
-        old_router = self.relay.router
-        router = old_router if new.delivery == old.delivery else Router(new)
         if new.gateway.data_dir != old.gateway.data_dir or new.log.dir != old.log.dir:
             restart_needed.append("gateway.data_dir/log.dir")
+        old_router = self.relay.router
         self.config = new
         self.tls = new_tls
         self.limits = limits_of(new)
-        self.limiter.total = new.smtp.max_connections
-        self.limiter.per_client = new.smtp.max_connections_per_client
+        self.connections.total = new.smtp.max_connections
+        self.connections.per_client = new.smtp.max_connections_per_client
+        for listener in self._listeners:
+            listener.limiter.total = new.smtp.max_connections_per_listener
         self.throttle.per_address = new.auth.max_failures_per_address
         self.throttle.per_client = new.auth.max_failures_per_client
         self.throttle.window = new.auth.failure_window_seconds
-        self.relay = self._relay(new, router)
+        self.relay.reconfigure(new.gateway.hostname, router, settings)
         if router is not old_router:
-            await old_router.close()
+            # Deliveries in flight still use the old pool; it closes their connections
+            # when they come back instead of keeping them.
+            closing = asyncio.get_running_loop().create_task(old_router.close())
+            self._retired_routers.add(closing)
+            closing.add_done_callback(self._retired_routers.discard)
         reason = None
         if restart_needed:
             reason = f"needs a restart to take effect: {', '.join(restart_needed)}"
         self.events.emit("config_reloaded", reason=reason)
         return True
 
-    def listeners(self) -> list[Listener]:
+    # -- listeners -------------------------------------------------------------------------
+
+    def _make_listeners(self) -> list[Listener]:
+        cap = self.config.smtp.max_connections_per_listener
+
+        def limiter(key: str) -> ConnectionLimiter:
+            return ConnectionLimiter(
+                cap, total_key="smtp.max_connections_per_listener", parent=self.connections
+            )
+
         found = [
-            Listener("smtp.inbound_listen", InboundHandler(self), False),
-            Listener("smtp.submission_listen", SubmissionHandler(self, self.throttle), False),
+            Listener(
+                "smtp.inbound_listen",
+                "inbound",
+                InboundHandler(self, "inbound"),
+                False,
+                limiter("inbound"),
+            ),
+            Listener(
+                "smtp.submission_listen",
+                "submission",
+                SubmissionHandler(self, "submission"),
+                False,
+                limiter("submission"),
+            ),
         ]
         if self.config.smtp.submission_tls_listen:
-            handler = SubmissionHandler(self, self.throttle)
-            found.append(Listener("smtp.submission_tls_listen", handler, True))
+            found.append(
+                Listener(
+                    "smtp.submission_tls_listen",
+                    "submissions",
+                    SubmissionHandler(self, "submissions"),
+                    True,
+                    limiter("submissions"),
+                )
+            )
         return found
+
+    def listeners(self) -> list[Listener]:
+        return list(self._listeners)
 
     def session_factory(self, listener: Listener) -> GatewaySMTP:
         """A new protocol object per connection, with the config in force right now."""
@@ -163,7 +239,7 @@ class Runtime:
         return GatewaySMTP(
             listener.handler,
             limits=self.limits,
-            limiter=self.limiter,
+            limiter=listener.limiter,
             hostname=config.gateway.hostname,
             ident="ESMTP mailgate",
             tls_context=None if listener.implicit_tls else self.tls,
@@ -177,26 +253,55 @@ class Runtime:
             auth_exclude_mechanism=None if submission else ["LOGIN", "PLAIN"],
         )
 
+    def protocol_factory(self, listener: Listener) -> Any:
+        """What ``create_server`` calls per accepted socket."""
+        if not listener.implicit_tls:
+            return lambda: self.session_factory(listener)
+
+        def current_tls() -> ssl.SSLContext:
+            assert self.tls is not None  # config validation: implicit TLS needs a cert
+            return self.tls
+
+        return lambda: ImplicitTLSAcceptor(lambda: self.session_factory(listener), current_tls)
+
+    @property
+    def active_sessions(self) -> int:
+        return self.connections.active
+
     async def close(self) -> None:
         await self.relay.router.close()
+        self.authenticator.close()
         self.directory.close()
         self.events.close()
 
 
-async def serve(config: Config) -> None:
+def _describe(exc: BaseException) -> str:
+    """One line for an unexpected error: its type and message, never a traceback."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Client misbehaviour that asyncio reports (a reset mid-TLS, say) gets one line;
+    anything else keeps asyncio's full report."""
+    exc = context.get("exception")
+    if isinstance(exc, OSError):
+        log.info("%s: %s", context.get("message", "connection error"), _describe(exc))
+        return
+    loop.default_exception_handler(context)
+
+
+async def serve(config: Config, directory: Directory | None = None) -> None:
     """Run the listeners and the queue until SIGTERM/SIGINT."""
-    runtime = Runtime(config)
+    runtime = Runtime(config, directory)
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_exception_handler)
     stale = runtime.spool.recover()
     servers = []
+    addresses = dict(listeners(config))
     for listener in runtime.listeners():
-        address = dict(listeners(config))[listener.key]
+        address = addresses[listener.key]
         server = await loop.create_server(
-            lambda listener=listener: runtime.session_factory(listener),
-            address.host,
-            address.port,
-            ssl=runtime.tls if listener.implicit_tls else None,
-            reuse_address=True,
+            runtime.protocol_factory(listener), address.host, address.port, reuse_address=True
         )
         servers.append(server)
         log.info("%s listening on %s", listener.key, address)
@@ -214,7 +319,11 @@ async def serve(config: Config) -> None:
         while True:
             await hangup.wait()
             hangup.clear()
-            await runtime.reload()
+            try:
+                await runtime.reload()
+            except Exception as exc:  # reload catches everything; this is the last net
+                log.exception("config reload failed")
+                runtime.events.emit("config_rejected", reason=_describe(exc))
 
     try:
         async with asyncio.TaskGroup() as group:
@@ -222,7 +331,9 @@ async def serve(config: Config) -> None:
             await stop.wait()
             for server in servers:
                 server.close()
-            await _drain_sessions(runtime)
+            deadline = loop.time() + SHUTDOWN_GRACE_SECONDS
+            await _drain_sessions(runtime, deadline)
+            await runtime.finish_relays(deadline)
             for worker in workers:
                 worker.cancel()
     finally:
@@ -230,10 +341,10 @@ async def serve(config: Config) -> None:
         await runtime.close()
 
 
-async def _drain_sessions(runtime: Runtime) -> None:
+async def _drain_sessions(runtime: Runtime, deadline: float) -> None:
     """Give sessions in flight a moment to finish; the rest get no 250 and retry."""
-    deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE_SECONDS
-    while runtime.limiter.active and asyncio.get_running_loop().time() < deadline:
+    loop = asyncio.get_running_loop()
+    while runtime.active_sessions and loop.time() < deadline:
         await asyncio.sleep(0.1)
 
 
@@ -250,10 +361,25 @@ def run(config_path: str) -> int:
         for problem in problems:
             print(f"config error: {problem}")
         return 2
+    lock = DataLock(config.gateway.data_dir)
     try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(config))
-    else:
-        uvloop.run(serve(config))
+        directory = Directory.open_existing(config.gateway.data_dir, config.path)
+    except DirectoryError as exc:
+        print(f"cannot start: {exc}")
+        return 2
+    try:
+        lock.acquire()
+    except DataLockError as exc:
+        print(f"cannot start: {exc}")
+        directory.close()
+        return 2
+    try:
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(serve(config, directory))
+        else:
+            uvloop.run(serve(config, directory))
+    finally:
+        lock.release()
     return 0

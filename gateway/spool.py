@@ -14,6 +14,7 @@ Only this module writes under ``data_dir/spool``. Two areas:
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -22,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 CHUNK = 1 << 20
 _counter = itertools.count()
@@ -48,13 +50,26 @@ def header_section(data: bytes) -> bytes:
 
 
 class Body:
-    """A finished message body (CRLF lines, dot-unstuffed), in memory or in one file."""
+    """A finished message body (CRLF lines, dot-unstuffed), in memory or in one file.
 
-    def __init__(self, size: int, headers: bytes, data: bytes | None, path: Path | None) -> None:
+    ``prefix`` holds header fields the gateway puts on top (Received, and on submission
+    a missing Date/Message-ID) when the rest is in a spill file: they are only known
+    once DATA ends, and rewriting a 20 MiB file to prepend them would cost a copy.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        headers: bytes,
+        data: bytes | None,
+        path: Path | None,
+        prefix: bytes = b"",
+    ) -> None:
         self.size = size
         self.headers = headers  # the raw header section, for parsing Message-ID and the like
         self._data = data
         self.path = path
+        self._prefix = prefix if data is None else b""
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Body:
@@ -73,7 +88,7 @@ class Body:
         if self._data is not None:
             return self._data
         assert self.path is not None
-        return self.path.read_bytes()
+        return self._prefix + self.path.read_bytes()
 
     def line_chunks(self, size: int = CHUNK) -> Iterator[bytes]:
         """Chunks of about ``size`` bytes, each ending at a line end, so each starts a line."""
@@ -81,6 +96,8 @@ class Body:
             yield self._data
             return
         assert self.path is not None
+        if self._prefix:
+            yield self._prefix
         with self.path.open("rb") as handle:
             while chunk := handle.read(size):
                 if not chunk.endswith(b"\n"):
@@ -95,37 +112,54 @@ class Body:
 
 
 class BodyWriter:
-    """Collects DATA lines in memory and spills them to ``incoming/`` past a threshold."""
+    """Collects DATA in memory and spills it to ``incoming/`` past a threshold.
+
+    ``write`` only appends to memory, so the event loop never touches the disk;
+    once spilled, ``needs_flush`` says a megabyte is waiting and ``flush`` writes it
+    from a worker thread.
+    """
 
     def __init__(self, incoming: Path, queue_id: str, spill_threshold: int) -> None:
         self._incoming = incoming
         self._queue_id = queue_id
         self._threshold = spill_threshold
         self._buffer = bytearray()
-        self._file = None
+        self._file: BinaryIO | None = None
         self._path: Path | None = None
         self.size = 0
-        self.headers = b""
+
+    @property
+    def needs_flush(self) -> bool:
+        limit = CHUNK if self._path is not None else self._threshold
+        return len(self._buffer) > limit
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
-        if self._file is not None:
-            self._file.write(data)
-            return
         self._buffer += data
-        if len(self._buffer) > self._threshold:
-            self._path = self._incoming / f"{self._queue_id}.tmp"
-            self._file = self._path.open("wb", buffering=CHUNK)
-            self._file.write(self._buffer)
-            self._buffer = bytearray()
 
-    def finish(self, headers: bytes) -> Body:
-        """Seal the body; ``headers`` is the header section seen while reading DATA."""
+    async def flush(self) -> None:
+        """Move what is buffered to the spill file (creating it), off the event loop."""
+        pending, self._buffer = bytes(self._buffer), bytearray()
+        await asyncio.to_thread(self._append, pending)
+
+    def _append(self, data: bytes) -> None:
         if self._file is None:
-            return Body(self.size, headers, bytes(self._buffer), None)
-        self._file.close()
-        assert self._path is not None
-        return Body(self.size, headers, None, self._path)
+            self._path = self._incoming / f"{self._queue_id}.tmp"
+            self._file = self._path.open("wb", buffering=0)
+        self._file.write(data)
+
+    async def finish(self, headers: bytes, prefix: bytes = b"") -> Body:
+        """Seal the body: ``headers`` is the header section seen while reading DATA,
+        ``prefix`` the fields the gateway adds on top."""
+        size = self.size + len(prefix)
+        if self._path is None:
+            data = b"".join((prefix, self._buffer))
+            self._buffer = bytearray()
+            return Body(size, prefix + headers, data, None)
+        await self.flush()
+        assert self._file is not None
+        await asyncio.to_thread(self._file.close)
+        return Body(size, prefix + headers, None, self._path, prefix)
 
     def abort(self) -> None:
         """The transaction died (lost connection, error): remove anything written."""

@@ -1,8 +1,17 @@
-"""A self-signed certificate for first runs and loopback tests; real deployments use their own."""
+"""The gateway's TLS: the server policy both TLS listeners share, and a self-signed
+certificate for first runs and loopback tests (real deployments use their own).
+
+Policy: Mozilla's "intermediate" profile (https://wiki.mozilla.org/Security/Server_Side_TLS),
+TLS 1.2 and 1.3 only, and on TLS 1.2 only ECDHE key exchange with AEAD ciphers
+(AES-GCM, ChaCha20-Poly1305): no CBC suite (LUCKY13 and friends), no static RSA key
+exchange, no compression, no renegotiation. Every mail client of the last decade
+speaks this; a TLS 1.0 client is refused with a handshake alert and an event.
+"""
 
 from __future__ import annotations
 
 import os
+import ssl
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -40,3 +49,26 @@ def write_self_signed(cert_path: Path, key_path: Path, hostname: str) -> None:
             )
         )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+# TLS 1.2 suites of the intermediate profile (ECDHE + AEAD); TLS 1.3 suites are all AEAD.
+TLS12_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    )
+)
+
+
+def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The context of both TLS listeners (STARTTLS and implicit TLS)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    context.load_cert_chain(cert, key)
+    return context

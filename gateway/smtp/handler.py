@@ -1,8 +1,8 @@
-"""What both SMTP listeners share: session ids, events, Received headers, end of DATA.
+"""What every SMTP listener shares: session ids, events, Received headers, end of DATA.
 
-Handlers turn protocol into calls on the Runtime (relay, spool, events); the
-two listeners differ only in who may relay and whether AUTH exists, which
-``inbound.py`` and ``submission.py`` decide.
+Handlers turn protocol into calls on the gateway's services (relay, spool,
+directory, events); the listeners differ only in who may relay and whether AUTH
+exists, which ``inbound.py`` and ``submission.py`` decide.
 """
 
 from __future__ import annotations
@@ -14,17 +14,18 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import Envelope, Session
+from aiosmtpd.smtp import Envelope
 
 from gateway.pipeline import MessageContext
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
-from gateway.smtp.server import NULL_SENDER
-from gateway.spool import Body, BodyWriter, new_queue_id
+from gateway.smtp.server import NULL_SENDER, peer_host
+from gateway.smtp.session import GatewaySession
+from gateway.spool import BodyWriter, new_queue_id
 
 if TYPE_CHECKING:
-    from gateway.runtime import Runtime
     from gateway.smtp.server import GatewaySMTP
+    from gateway.smtp.services import SmtpServices
 
 EXTRA_EXTENSIONS = ("250-PIPELINING", "250-ENHANCEDSTATUSCODES")
 
@@ -35,64 +36,85 @@ def _printable(text: str | None, limit: int = 255) -> str:
     return cleaned[:limit] or "unknown"
 
 
-def client_address(session: Session) -> str:
-    return str(session.peer[0]) if session.peer else "unknown"
+def client_address(session: GatewaySession | None) -> str:
+    return peer_host(session.peer) if session else "unknown"
+
+
+def recipient_key(address: str, local: bool) -> str:
+    """The identity two RCPTs share when they name the same mailbox: domains are
+    case-insensitive everywhere; our own local parts too (the directory's are)."""
+    if local:
+        return address.lower()
+    part, at, domain = address.rpartition("@")
+    return f"{part}{at}{domain.lower()}"
 
 
 class SessionHandler:
-    """aiosmtpd handler hooks common to both listeners."""
+    """aiosmtpd handler hooks common to every listener."""
 
-    listener = "smtp"
+    def __init__(self, services: SmtpServices, listener: str) -> None:
+        self.services = services
+        self.listener = listener  # "inbound", "submission" or "submissions" in events
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-
-    # -- lifecycle events --------------------------------------------------------------
+    # -- events ------------------------------------------------------------------------
 
     def _emit(self, server: GatewaySMTP, event: str, **fields: Any) -> None:
         session = server.session
-        fields.setdefault("user", getattr(session, "user", None))
-        self.runtime.events.emit(
+        fields.setdefault("user", session.user if session else None)
+        fields.setdefault("client", client_address(session))
+        self.services.events.emit(
             event,
-            session=getattr(session, "session_id", None),
-            client=client_address(session) if session else None,
+            session=session.session_id if session else None,
             listener=self.listener,
             **fields,
         )
 
+    def _envelope_fields(self, server: GatewaySMTP) -> dict[str, Any]:
+        envelope = server.envelope
+        return {
+            "sender": envelope.mail_from if envelope else None,
+            "recipients": list(envelope.rcpt_tos) if envelope and envelope.rcpt_tos else None,
+        }
+
     def on_connect(self, server: GatewaySMTP) -> None:
         assert server.session is not None
         server.session.session_id = secrets.token_hex(6)
-        server.session.user = None
         self._emit(server, "session_start", tls=server.session.ssl is not None or None)
 
     def on_disconnect(self, server: GatewaySMTP) -> None:
         self._emit(server, "session_end")
 
-    def on_refused_connection(self, server: GatewaySMTP, client: str) -> None:
-        self._emit(server, "connection_refused", code=421, reason="connection limit")
+    def on_refused_connection(self, server: GatewaySMTP, client: str, rule: str) -> None:
+        self._emit(server, "connection_refused", client=client, code=421, reason=f"[{rule}]")
 
     def on_protocol_error(self, server: GatewaySMTP, reason: str) -> None:
-        envelope = server.envelope
-        self._emit(
-            server,
-            "protocol_error",
-            reason=reason,
-            sender=envelope.mail_from if envelope else None,
-            recipients=list(envelope.rcpt_tos) if envelope and envelope.rcpt_tos else None,
-        )
+        self._emit(server, "protocol_error", reason=reason, **self._envelope_fields(server))
+
+    def on_command_refused(self, server: GatewaySMTP, reply: str) -> None:
+        self._emit(server, "command_rejected", code=int(reply[:3]), reason=reply[4:])
+
+    def on_tls_failed(self, server: GatewaySMTP, reason: str) -> None:
+        self._emit(server, "tls_failed", reason=reason)
+
+    def on_tls_failed_before_session(self, server: GatewaySMTP, client: str, reason: str) -> None:
+        self._emit(server, "tls_failed", client=client, reason=reason)
+
+    def on_auth_refused(self, server: GatewaySMTP, reply: Reply) -> None:
+        self._emit(server, "auth_failure", code=reply.code, reason=reply.text)
+
+    def on_mail_refused(self, server: GatewaySMTP, arg: str, reply: Reply) -> None:
+        sender = server._getaddr(arg.split(":", 1)[-1])[0] if ":" in arg else None
+        self._emit(server, "mail_rejected", sender=sender, code=reply.code, reason=reply.text)
 
     def on_data_refused(self, server: GatewaySMTP, reply: Reply) -> None:
-        envelope = server.envelope
-        assert envelope is not None
+        assert server.session is not None
         self._emit(
             server,
             "message_rejected",
-            queue_id=getattr(server, "queue_id", None),
-            sender=envelope.mail_from,
-            recipients=list(envelope.rcpt_tos),
+            queue_id=server.session.queue_id,
             code=reply.code,
             reason=reply.text,
+            **self._envelope_fields(server),
         )
 
     # -- commands ----------------------------------------------------------------------
@@ -100,7 +122,7 @@ class SessionHandler:
     async def handle_EHLO(
         self,
         server: GatewaySMTP,
-        session: Session,
+        session: GatewaySession,
         envelope: Envelope,
         hostname: str,
         responses: list[str],
@@ -113,7 +135,7 @@ class SessionHandler:
     async def handle_MAIL(
         self,
         server: GatewaySMTP,
-        session: Session,
+        session: GatewaySession,
         envelope: Envelope,
         address: str,
         mail_options: list[str],
@@ -131,16 +153,21 @@ class SessionHandler:
     async def handle_RCPT(
         self,
         server: GatewaySMTP,
-        session: Session,
+        session: GatewaySession,
         envelope: Envelope,
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        config = self.runtime.config
-        if len(envelope.rcpt_tos) >= config.smtp.max_recipients:
-            return str(replies.TOO_MANY_RECIPIENTS.with_rule("smtp.max_recipients"))
+        config = self.services.config
         if address.lower() == "postmaster":  # RFC 5321 4.5.1: must be accepted bare
             address = f"postmaster@{config.gateway.domains[0]}"
+        key = recipient_key(address, config.is_local(address))
+        if any(recipient_key(r, config.is_local(r)) == key for r in envelope.rcpt_tos):
+            # Named twice: one copy. Counting it twice would also desynchronise LMTP,
+            # which answers once per RCPT command.
+            return str(replies.RECIPIENT_OK.with_text("Recipient OK (duplicate, one copy)"))
+        if len(envelope.rcpt_tos) >= config.smtp.max_recipients:
+            return str(replies.TOO_MANY_RECIPIENTS.with_rule("smtp.max_recipients"))
         if "@" in address:
             refusal = await self.check_recipient(session, address)
         else:
@@ -160,23 +187,24 @@ class SessionHandler:
         return str(replies.RECIPIENT_OK)
 
     async def check_sender(
-        self, server: GatewaySMTP, session: Session, address: str
+        self, server: GatewaySMTP, session: GatewaySession, address: str
     ) -> Reply | None:
         """None to accept MAIL FROM, or the refusal naming its rule."""
         return None
 
-    async def check_recipient(self, session: Session, address: str) -> Reply | None:
+    async def check_recipient(self, session: GatewaySession, address: str) -> Reply | None:
         """None to accept RCPT TO, or the refusal naming its rule. A local recipient must
         be in the directory and not revoked; locked mailboxes still receive (MIC 7.1)."""
-        if not self.runtime.config.is_local(address):
+        services = self.services
+        if not services.config.is_local(address):
             return None
-        accepted = self.runtime.accepted_recipients
+        accepted = services.accepted_recipients
         if address in accepted:
             return None
         try:
-            known = await asyncio.to_thread(self.runtime.directory.accepts_mail, address)
+            known = await asyncio.to_thread(services.directory.accepts_mail, address)
         except sqlite3.Error:
-            self.runtime.log.exception("directory lookup failed")
+            services.log.exception("directory lookup failed")
             return replies.DIRECTORY_UNAVAILABLE.with_rule("directory")
         if not known:
             return replies.NO_SUCH_USER.with_rule("directory", "no such mailbox")
@@ -186,16 +214,18 @@ class SessionHandler:
     # -- DATA ---------------------------------------------------------------------------
 
     def begin_data(self, server: GatewaySMTP) -> BodyWriter:
-        """Open the body with our Received: header (RFC 5321 4.4) and a fresh queue id."""
-        assert server.session is not None and server.envelope is not None
-        config = self.runtime.config
+        """A fresh queue id and a body writer (spilling past ``smtp.spill_threshold``)."""
+        assert server.session is not None
         queue_id = new_queue_id()
-        server.queue_id = queue_id
-        writer = self.runtime.spool.body_writer(queue_id, config.smtp.spill_threshold)
-        writer.write(self._received(server, queue_id))
-        return writer
+        server.session.queue_id = queue_id
+        return self.services.spool.body_writer(queue_id, self.services.config.smtp.spill_threshold)
+
+    def added_fields(self, server: GatewaySMTP, headers: bytes) -> bytes:
+        """Header fields this listener adds below Received (submission: Date, Message-ID)."""
+        return b""
 
     def _received(self, server: GatewaySMTP, queue_id: str) -> bytes:
+        """Our trace field (RFC 5321 4.4), stamped when the message is complete."""
         session, envelope = server.session, server.envelope
         assert session is not None and envelope is not None
         protocol = "UTF8SMTP" if envelope.smtp_utf8 else "ESMTP"
@@ -210,43 +240,85 @@ class SessionHandler:
         stamp = format_datetime(datetime.now(UTC))
         return (
             f"Received: from {_printable(session.host_name)} ([{client_address(session)}])\r\n"
-            f"\tby {self.runtime.config.gateway.hostname} (mailgate) with {protocol}"
+            f"\tby {self.services.config.gateway.hostname} (mailgate) with {protocol}"
             f" id {queue_id}{target};\r\n\t{stamp}\r\n"
         ).encode()
 
-    async def end_data(self, server: GatewaySMTP, body: Body) -> Reply:
-        assert server.session is not None and server.envelope is not None
-        envelope = server.envelope
+    async def end_data(self, server: GatewaySMTP, writer: BodyWriter, headers: bytes) -> Reply:
+        """Relay the message; the relay runs as its own task, so a client that leaves (or
+        a server told to stop) cannot cut a delivery in half: it finishes and records
+        its outcome, and ``services.track`` lets shutdown wait for it."""
+        session, envelope = server.session, server.envelope
+        assert session is not None and envelope is not None and session.queue_id is not None
+        queue_id = session.queue_id
+        prefix = self._received(server, queue_id) + self.added_fields(server, headers)
+        try:
+            body = await writer.finish(headers, prefix)
+        except OSError as exc:
+            writer.abort()
+            self.services.log.error("spill file for %s failed: %s", queue_id, exc)
+            return replies.SPOOL_UNAVAILABLE
         ctx = MessageContext(
-            queue_id=server.queue_id,
-            session_id=server.session.session_id,
+            queue_id=queue_id,
+            session_id=session.session_id or "",
             listener=self.listener,
-            client=client_address(server.session),
-            user=server.session.user,
+            client=client_address(session),
+            user=session.user,
             sender="" if envelope.mail_from == NULL_SENDER else envelope.mail_from or "",
             recipients=list(envelope.rcpt_tos),
             body=body,
             received_at=datetime.now(UTC),
-            sender_identities=getattr(server.session, "sender_identities", frozenset()),
+            sender_identities=session.sender_identities,
         )
+        task = asyncio.get_running_loop().create_task(self._relay(ctx))
+        self.services.track(task)
         try:
-            return await self.runtime.relay.handle(ctx)
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                task.add_done_callback(lambda done: self._finished_without_client(ctx, done))
+            raise
+
+    async def _relay(self, ctx: MessageContext) -> Reply:
+        try:
+            return await self.services.relay.handle(ctx)
         except Exception as exc:  # never let a bug turn into silence or a 250
-            self.runtime.log.exception("relaying %s failed", ctx.queue_id)
-            self._emit(
-                server,
+            self.services.log.exception("relaying %s failed", ctx.queue_id)
+            self.services.events.emit(
                 "message_tempfailed",
+                session=ctx.session_id,
                 queue_id=ctx.queue_id,
                 sender=ctx.sender,
                 recipients=ctx.recipients,
                 code=replies.LOCAL_ERROR.code,
                 reason=f"internal error: {type(exc).__name__}",
+                client=ctx.client,
+                listener=ctx.listener,
             )
             return replies.LOCAL_ERROR
+        finally:
+            if ctx.body.in_memory:
+                ctx.body.discard()
+            else:
+                await asyncio.to_thread(ctx.body.discard)
+
+    def _finished_without_client(self, ctx: MessageContext, task: asyncio.Task[Reply]) -> None:
+        """The client left before hearing the answer: it will likely send again."""
+        code = None if task.cancelled() or task.exception() else task.result().code
+        self.services.events.emit(
+            "client_gone",
+            session=ctx.session_id,
+            queue_id=ctx.queue_id,
+            message_id=ctx.message_id,
+            code=code,
+            client=ctx.client,
+            listener=ctx.listener,
+            reason="client left before the reply to DATA; the relay finished without it",
+        )
 
     async def handle_exception(self, error: Exception) -> str:
         """A bug must not leak internals (or secrets) to the client: log it, answer 451."""
-        self.runtime.log.error("SMTP session error", exc_info=error)
+        self.services.log.error("SMTP session error", exc_info=error)
         return str(replies.LOCAL_ERROR)
 
     async def authenticate(self, server: GatewaySMTP, mechanism: str, credentials: Any) -> Any:

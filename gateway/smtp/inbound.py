@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from aiosmtpd.smtp import Session
-
 from gateway.smtp import replies
 from gateway.smtp.handler import SessionHandler
 from gateway.smtp.replies import Reply
+from gateway.smtp.session import GatewaySession
 
 
 class InboundHandler(SessionHandler):
     """Accepts only local-domain recipients: anything else would make us an open relay."""
 
-    listener = "inbound"
-
-    async def check_recipient(self, session: Session, address: str) -> Reply | None:
-        if not self.runtime.config.is_local(address):
+    async def check_recipient(self, session: GatewaySession, address: str) -> Reply | None:
+        if not self.services.config.is_local(address):
             return replies.RELAY_DENIED.with_rule("relay", "not a local domain")
         return await super().check_recipient(session, address)

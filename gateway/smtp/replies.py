@@ -54,6 +54,7 @@ NEXT_HOP_UNAVAILABLE = Reply(451, "4.4.1", "Next hop temporarily unavailable, tr
 SPOOL_UNAVAILABLE = Reply(451, "4.3.0", "Could not store the message, try again later")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+TLS_FAILED = Reply(454, "4.7.0", "TLS handshake failed")
 
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
 BARE_LINE_ENDING = Reply(
@@ -74,5 +75,12 @@ SENDING_LOCKED = Reply(550, "5.7.1", "Sending is locked for this mailbox")
 SENDER_NOT_ALLOWED = Reply(550, "5.7.1", "Sender address not allowed for this login")
 AUTH_THROTTLED = Reply(454, "4.7.0", "Too many failed logins, try again later")
 AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+# Only ever given to someone who proved the password: the lock itself is no secret to them.
+AUTH_MAILBOX_LOCKED = Reply(535, "5.7.8", "Mailbox locked, contact the operator")
+AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too long")
 DIRECTORY_UNAVAILABLE = Reply(451, "4.3.0", "Directory temporarily unavailable")
 ALL_RECIPIENTS_FAILED = Reply(554, "5.0.0", "Delivery failed for every recipient")
+NO_DELIVERABLE_RECIPIENT = Reply(550, "5.1.0", "No deliverable recipient")
+# What an outside sender is told when the next hop refuses: its text, which may name
+# internal hosts, stays in the event log.
+REFUSED_BY_NEXT_HOP = Reply(550, "5.0.0", "Refused by the mail store")

@@ -1,26 +1,49 @@
-"""aiosmtpd's protocol, hardened: streamed DATA, smuggling-proof line endings, limits.
+"""aiosmtpd's protocol, hardened: streamed DATA, smuggling-proof line endings, limits,
+an idle timer that measures idle time only, and a relay that outlives its client.
 
 aiosmtpd keeps DATA as a list of lines joined at the end (about 4x a message's
 size in memory) and lets bare LF through inside a line. Here DATA is read in blocks,
 checked by ``data.DataState`` and written to a BodyWriter (spilling to disk), and any
 bare CR or LF refuses the message: the ``<LF>.<CR><LF>`` family of smuggling sequences
 (CVE-2023-51764) never reaches a next hop that might read them as the end of data.
+
+Written against aiosmtpd 1.4.6 (pinned in pyproject.toml). The internals of
+``aiosmtpd.smtp.SMTP`` this class relies on or overrides, to re-check on an upgrade:
+
+* ``_create_session`` (our typed GatewaySession), ``connection_made`` (session id kept
+  across STARTTLS), ``_handle_client`` (connection limits, start/end events);
+* ``_reset_timeout``/``_timeout_cb``/``_timeout_duration``/``_timeout_handle``: aiosmtpd
+  restarts the idle timer only on command lines; we also count DATA blocks as activity
+  and never time out while a relay runs;
+* ``_reader`` (read DATA in blocks; its ``_limit`` raised to 64 KiB), ``_writer``,
+  ``transport``, ``_original_transport``/``_tls_protocol`` (STARTTLS), ``_set_rset_state``
+  and ``_set_post_data_state`` (transaction clock);
+* ``push`` (enhanced status codes, error budget, rule tags), ``smtp_HELO``/``smtp_EHLO``,
+  ``smtp_MAIL`` (SIZE refusal with its rule), ``smtp_DATA`` (entirely ours),
+  ``smtp_STARTTLS`` (handshake bounded, failure recorded), ``_getaddr`` (fast path);
+* AUTH: ``_authenticate`` is called synchronously by ``auth_PLAIN``/``auth_LOGIN``; we park
+  the credentials and finish asynchronously in ``_finish_auth``; ``challenge_auth`` is
+  replaced to bound the client's line; ``_auth_required``/``check_auth_needed``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, TLSSetupException
 
 from gateway.smtp import replies
 from gateway.smtp.addresses import plain_angle_address
 from gateway.smtp.data import TERMINATOR, DataLimits, DataState
 from gateway.smtp.replies import Reply
+from gateway.smtp.session import GatewaySession
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +72,10 @@ _PENDING_AUTH = AuthResult(success=False, handled=True)
 # "MAIL first" checks test the sender for truth) and becomes "" in the MessageContext.
 NULL_SENDER = "<>"
 READ_BUFFER = 65536
+# RFC 4954 4: an AUTH exchange line may be up to 12288 octets.
+AUTH_LINE_LIMIT = 12288
+STARTTLS_HANDSHAKE_SECONDS = 10.0
+_RULE_TAG = re.compile(r"\[[a-z_.]+\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +88,25 @@ class Limits:
 
 
 class ConnectionLimiter:
-    """Counts open sessions, globally and per client address."""
+    """Counts open sessions on one listener, within the gateway-wide limits of ``parent``.
 
-    def __init__(self, total: int, per_client: int) -> None:
+    Each listener has its own cap so that a flood on one (inbound) cannot lock mail
+    clients out of another (submission); the parent holds the global cap and the
+    per-client cap, which count a client's sessions on every listener together.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        per_client: int | None = None,
+        *,
+        total_key: str,
+        parent: ConnectionLimiter | None = None,
+    ) -> None:
         self.total = total
         self.per_client = per_client
+        self.total_key = total_key
+        self.parent = parent
         self._open: Counter[str] = Counter()
         self._count = 0
 
@@ -73,18 +114,38 @@ class ConnectionLimiter:
     def active(self) -> int:
         return self._count
 
-    def acquire(self, client: str) -> bool:
-        if self._count >= self.total or self._open[client] >= self.per_client:
-            return False
+    def refusal(self, client: str) -> str | None:
+        """The config key of the limit ``client`` would break, or None."""
+        if self._count >= self.total:
+            return self.total_key
+        if self.per_client is not None and self._open[client] >= self.per_client:
+            return "smtp.max_connections_per_client"
+        return self.parent.refusal(client) if self.parent else None
+
+    def acquire(self, client: str) -> str | None:
+        """Take a slot; returns None, or the key of the limit that refused it."""
+        refused = self.refusal(client)
+        if refused is None:
+            self._take(client)
+        return refused
+
+    def _take(self, client: str) -> None:
         self._open[client] += 1
         self._count += 1
-        return True
+        if self.parent:
+            self.parent._take(client)
 
     def release(self, client: str) -> None:
         self._open[client] -= 1
         if self._open[client] <= 0:
             del self._open[client]
         self._count -= 1
+        if self.parent:
+            self.parent.release(client)
+
+
+def peer_host(peer: Any) -> str:
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
 
 
 class GatewaySMTP(SMTP):
@@ -99,38 +160,87 @@ class GatewaySMTP(SMTP):
         self._stream_reader._limit = max(READ_BUFFER, limits.data.max_line_length + 1)
         self.limits = limits
         self._limiter = limiter
+        self._slot_client: str | None = None  # set once a connection slot is held
         self._plain_replies = False
         self._errors = 0
         self._pending_credentials: Any = None
         self.transaction_started: float | None = None
+        self._last_activity = self.loop.time()
+        self.relaying = False  # a relay is running for this session: it is not idle
+        self.connected = False  # connection_made was called (after TLS, if implicit)
+
+    session: GatewaySession | None  # type: ignore[assignment]
+
+    def _create_session(self) -> GatewaySession:
+        return GatewaySession(self.loop)
 
     # -- connection ------------------------------------------------------------------
+
+    def claim_slot(self, client: str) -> str | None:
+        """Count this connection now (the implicit-TLS acceptor does it before the
+        handshake); returns the key of the limit that refused it, or None."""
+        refused = self._limiter.acquire(client)
+        if refused is None:
+            self._slot_client = client
+        return refused
+
+    def release_slot(self) -> None:
+        if self._slot_client is not None:
+            self._limiter.release(self._slot_client)
+            self._slot_client = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """aiosmtpd starts a fresh Session after STARTTLS (RFC 3207 4.2); keep its id so
         the events of one connection stay together. Authentication is not carried over."""
         previous = self.session
+        self.connected = True
         super().connection_made(transport)
         if previous is not None and self.session is not previous:
-            self.session.session_id = getattr(previous, "session_id", None)
-            self.session.user = None
+            assert self.session is not None
+            self.session.carry_over(previous)
 
     async def _handle_client(self) -> None:
         assert self.session is not None
-        client = self.session.peer[0] if self.session.peer else "?"
-        if not self._limiter.acquire(client):
-            self._plain_replies = True
-            await self.push(str(replies.TOO_MANY_CONNECTIONS.with_rule("smtp.max_connections")))
-            self.event_handler.on_refused_connection(self, client)
-            if self.transport is not None:
-                self.transport.close()
-            return
+        client = peer_host(self.session.peer)
+        if self._slot_client is None:
+            refused = self.claim_slot(client)
+            if refused is not None:
+                self._plain_replies = True
+                await self.push(str(replies.TOO_MANY_CONNECTIONS.with_rule(refused)))
+                self.event_handler.on_refused_connection(self, client, refused)
+                if self.transport is not None:
+                    self.transport.close()
+                return
         try:
             self.event_handler.on_connect(self)
             await super()._handle_client()
         finally:
-            self._limiter.release(client)
+            self.release_slot()
             self.event_handler.on_disconnect(self)
+
+    # -- idle timer: idle time only ----------------------------------------------------
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        self._last_activity = self.loop.time()
+        super()._reset_timeout(duration)
+
+    def _timeout_cb(self) -> None:
+        """aiosmtpd's timer fires ``idle_timeout`` after the last command line. A client
+        uploading DATA, or waiting for a slow next hop, is not idle: look again later."""
+        if self.relaying:
+            super()._reset_timeout()
+            return
+        idle = self.loop.time() - self._last_activity
+        if idle < self._timeout_duration:
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
+            self._timeout_handle = self.loop.call_later(
+                self._timeout_duration - idle, self._timeout_cb
+            )
+            return
+        if self.transport is not None:
+            self.event_handler.on_protocol_error(self, "idle timeout [smtp.idle_timeout]")
+        super()._timeout_cb()
 
     # -- replies ---------------------------------------------------------------------
 
@@ -142,11 +252,15 @@ class GatewaySMTP(SMTP):
             first = rest.split(" ", 1)[0].split(".")
             if not (len(first) == 3 and all(p.isdigit() for p in first)):
                 text = f"{code} {_DEFAULT_STATUS.get(code, code[0] + '.0.0')} {rest}"
+            if code[:1] in "45" and not _RULE_TAG.search(text):
+                # aiosmtpd's own refusals (syntax, sequence): name the rule and record it.
+                text += " [smtp.protocol]"
+                self.event_handler.on_command_refused(self, text)
         await super().push(text)
         if code[:1] == "5" and self.transport is not None:
             self._errors += 1
             if self._errors >= self.limits.max_errors:
-                self.event_handler.on_protocol_error(self, "too many errors")
+                self.event_handler.on_protocol_error(self, "too many errors [smtp.max_errors]")
                 await super().push(str(replies.TOO_MANY_ERRORS.with_rule("smtp.max_errors")))
                 self.transport.close()
 
@@ -163,6 +277,25 @@ class GatewaySMTP(SMTP):
             await super().smtp_EHLO(hostname)
         finally:
             self._plain_replies = False
+
+    async def handle_exception(self, error: Exception) -> str:
+        """A failed STARTTLS handshake is the client's problem, not a bug: one event, no
+        traceback, and the connection closes (aiosmtpd does that for TLSSetupException)."""
+        if isinstance(error, TLSSetupException):
+            cause = error.__cause__ or error
+            self.event_handler.on_tls_failed(self, f"{type(cause).__name__}: {cause}")
+            return str(replies.TLS_FAILED)
+        return await super().handle_exception(error)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """The handshake gets a few seconds, not the whole idle timeout."""
+        try:
+            async with asyncio.timeout(STARTTLS_HANDSHAKE_SECONDS):
+                await super().smtp_STARTTLS(arg)
+        except TimeoutError:
+            self.event_handler.on_tls_failed(self, "handshake timed out")
+            if self.transport is not None:
+                self.transport.close()
 
     # -- AUTH: aiosmtpd calls the authenticator synchronously; ours must not block ----
 
@@ -183,6 +316,53 @@ class GatewaySMTP(SMTP):
     async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
         return await self._finish_auth(await super().auth_LOGIN(_, args))
 
+    async def challenge_auth(
+        self,
+        challenge: str | bytes,
+        encode_to_b64: bool = True,
+        log_client_response: bool = False,
+    ) -> Any:
+        """aiosmtpd's, with the client's answer bounded (RFC 4954: 12288 octets): a 2 MB
+        "user name" gets a clear 500 and an event instead of a 451 and a traceback."""
+        data = challenge.encode() if isinstance(challenge, str) else challenge
+        await self.push(b"334 " + (base64.b64encode(data) if encode_to_b64 else data))
+        line = await self._read_bounded_line(AUTH_LINE_LIMIT)
+        if line is None:
+            reply = replies.AUTH_LINE_TOO_LONG.with_rule("auth", f"over {AUTH_LINE_LIMIT} bytes")
+            self.event_handler.on_auth_refused(self, reply)
+            await self.push(str(reply))
+            return MISSING
+        blob = line.strip()
+        if blob == b"*":
+            await self.push("501 5.7.0 Auth aborted [auth]")
+            return MISSING
+        try:
+            return base64.b64decode(blob, validate=True)
+        except binascii.Error:
+            await self.push("501 5.5.2 Can't decode base64 [auth]")
+            return MISSING
+
+    async def _read_bounded_line(self, limit: int) -> bytes | None:
+        """One line of at most ``limit`` bytes, or None after reading past the whole
+        over-long line (so the session stays in step)."""
+        reader = self._reader
+        too_long = False
+        taken = 0
+        while True:
+            try:
+                line = await reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError as overrun:
+                taken += overrun.consumed
+                await reader.readexactly(overrun.consumed)
+                too_long = True
+                continue
+            except asyncio.IncompleteReadError:
+                raise ConnectionResetError("connection closed during AUTH") from None
+            taken += len(line)
+            if too_long or taken > limit:
+                return None
+            return line
+
     # -- transaction -----------------------------------------------------------------
 
     async def check_auth_needed(self, caller_method: str) -> bool:
@@ -202,9 +382,45 @@ class GatewaySMTP(SMTP):
         self.transaction_started = None
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if arg and await self._refuse_declared_size(arg):
+            return
         await super().smtp_MAIL(arg)
         if self.envelope is not None and self.envelope.mail_from is not None:
             self.transaction_started = self.loop.time()
+
+    async def _refuse_declared_size(self, arg: str) -> bool:
+        """RFC 1870: a SIZE= over our limit is refused at MAIL, naming the limit's key."""
+        limit = self.data_size_limit
+        for param in arg.split()[1:]:
+            name, _, value = param.partition("=")
+            if name.upper() == "SIZE" and value.isdigit() and limit and int(value) > limit:
+                if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
+                    return True
+                reply = replies.MESSAGE_TOO_BIG.with_rule(
+                    "smtp.max_message_size", f"declared SIZE {value} > {limit} bytes"
+                )
+                self.event_handler.on_mail_refused(self, arg, reply)
+                await self.push(str(reply))
+                return True
+        return False
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if self._transaction_expired():
+            await self._close_expired("RCPT")
+            return
+        await super().smtp_RCPT(arg)
+
+    def _transaction_expired(self) -> bool:
+        started = self.transaction_started
+        return started is not None and self.loop.time() - started > self.limits.transaction_timeout
+
+    async def _close_expired(self, during: str) -> None:
+        self.event_handler.on_protocol_error(
+            self, f"transaction timeout during {during} [smtp.transaction_timeout]"
+        )
+        await self.push(str(replies.TRANSACTION_TIMEOUT.with_rule("smtp.transaction_timeout")))
+        if self.transport is not None:
+            self.transport.close()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         fast = plain_angle_address(arg)
@@ -222,6 +438,9 @@ class GatewaySMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
+        if self._transaction_expired():
+            await self._close_expired("DATA")
+            return
         writer = self.event_handler.begin_data(self)
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
@@ -232,10 +451,7 @@ class GatewaySMTP(SMTP):
                 error, headers = await self._read_data(writer)
         except TimeoutError:
             writer.abort()
-            self.event_handler.on_protocol_error(self, "transaction timeout during DATA")
-            await self.push(str(replies.TRANSACTION_TIMEOUT.with_rule("smtp.transaction_timeout")))
-            if self.transport is not None:
-                self.transport.close()
+            await self._close_expired("DATA")
             return
         except BaseException:
             writer.abort()
@@ -247,20 +463,23 @@ class GatewaySMTP(SMTP):
             self._set_post_data_state()
             await self.push(str(error))
             return
-        body = writer.finish(headers)
+        self.relaying = True
         try:
-            status = await self.event_handler.end_data(self, body)
+            status = await self.event_handler.end_data(self, writer, headers)
         finally:
-            body.discard()
+            self.relaying = False
             self._set_post_data_state()
+            self._reset_timeout()
         await self.push(str(status))
 
     async def _read_data(self, writer: Any) -> tuple[Reply | None, bytes]:
         """Read DATA up to the lone dot; returns the first problem found (if any) and the
         header section. After a problem the rest is read and dropped, so the session
-        stays in step and the client gets one clear answer."""
+        stays in step and the client gets one clear answer. Every block read counts as
+        activity for the idle timer."""
         state = DataState(self.limits.data)
         reader = self._reader
+        loop = self.loop
         while not state.done:
             try:
                 block = await reader.readuntil(TERMINATOR)
@@ -268,7 +487,10 @@ class GatewaySMTP(SMTP):
                 block = await reader.readexactly(overrun.consumed)
             except asyncio.IncompleteReadError:
                 raise ConnectionResetError("connection closed during DATA") from None
+            self._last_activity = loop.time()
             content = state.feed(block)
             if content:
                 writer.write(content)
+                if writer.needs_flush:
+                    await writer.flush()
         return state.error, bytes(state.headers)

@@ -1,26 +1,31 @@
-"""The submission listener: mail clients, AUTH PLAIN/LOGIN required before MAIL FROM.
+"""The submission listeners (STARTTLS and implicit TLS): mail clients, AUTH PLAIN/LOGIN
+required before MAIL FROM.
 
-Credentials are checked against the directory in a worker thread (argon2 is
-deliberately slow); failed logins are throttled per address and per client; every
-attempt is an event, never with the password. "Must change" does not block AUTH:
-SMTP has no way to change a password (MOST 15.2 is shown where the user can act).
+Credentials go to the shared Authenticator (throttle, directory, argon2 on its own
+threads); every attempt is an event, never with the password. "Must change" does
+not block AUTH: SMTP has no way to change a password (MOST 15.2 is shown where the
+user can act). As an MSA may (RFC 6409 8.2, 8.3), a missing Date: or Message-ID:
+is added, so the stored mail and its events have both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import AuthResult, LoginPassword, Session
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from gateway.auth_throttle import LoginThrottle
+from gateway.pipeline import first_header
 from gateway.smtp import replies
 from gateway.smtp.handler import SessionHandler, client_address
 from gateway.smtp.replies import Reply
 from gateway.smtp.server import NULL_SENDER
+from gateway.smtp.session import GatewaySession
 
 if TYPE_CHECKING:
-    from gateway.runtime import Runtime
     from gateway.smtp.server import GatewaySMTP
 
 AUTH_OK = "235 2.7.0 Authentication successful"
@@ -29,38 +34,24 @@ AUTH_OK = "235 2.7.0 Authentication successful"
 class SubmissionHandler(SessionHandler):
     """Relays for authenticated users, as themselves or a unit delegated to them."""
 
-    listener = "submission"
-
-    def __init__(self, runtime: Runtime, throttle: LoginThrottle) -> None:
-        super().__init__(runtime)
-        self.throttle = throttle
-
     async def authenticate(
         self, server: GatewaySMTP, mechanism: str, credentials: Any
     ) -> AuthResult:
         assert server.session is not None
         if not isinstance(credentials, LoginPassword):
             return AuthResult(success=False, handled=False)
-        login = credentials.login.decode("utf-8", "replace").strip().lower()
+        login = credentials.login.decode("utf-8", "replace")
         password = credentials.password.decode("utf-8", "replace")
         client = client_address(server.session)
-        blocked = self.throttle.blocked(login, client)
-        if blocked:
-            reply = replies.AUTH_THROTTLED.with_rule("auth_throttle")
-            self._emit(server, "auth_failure", user=login, code=reply.code, reason=blocked)
-            return AuthResult(success=False, handled=False, message=str(reply))
-        directory = self.runtime.directory
-        mailbox = await asyncio.to_thread(directory.authenticate, login, password)
-        if mailbox is None:
-            self.throttle.failed(login, client)
-            why = await asyncio.to_thread(directory.login_refusal, login)
-            reply = replies.AUTH_FAILED.with_rule("auth")
+        result = await self.services.authenticator.login(login, password, client)
+        if result.mailbox is None:
+            assert result.reply is not None
             self._emit(
-                server, "auth_failure", user=login, code=reply.code,
-                reason=why or "invalid credentials",
+                server, "auth_failure", user=result.user, mechanism=mechanism,
+                code=result.reply.code, reason=result.reason,
             )  # fmt: skip
-            return AuthResult(success=False, handled=False, message=str(reply))
-        self.throttle.succeeded(login)
+            return AuthResult(success=False, handled=False, message=str(result.reply))
+        mailbox = result.mailbox
         server.session.user = mailbox.address
         self._emit(
             server, "auth_success", mechanism=mechanism, code=235,
@@ -69,12 +60,13 @@ class SubmissionHandler(SessionHandler):
         return AuthResult(success=True, auth_data=mailbox.address, message=AUTH_OK)
 
     async def check_sender(
-        self, server: GatewaySMTP, session: Session, address: str
+        self, server: GatewaySMTP, session: GatewaySession, address: str
     ) -> Reply | None:
         """A send-locked mailbox may log in but not send (MIC 6.4.c, 7.1); the sender must
         be the login or a unit mailbox delegated to it (MOST 14.4, MIC 12.3)."""
         user = session.user
-        directory = self.runtime.directory
+        assert user is not None
+        directory = self.services.directory
         mailbox = await asyncio.to_thread(directory.get, user)
         if mailbox is None or mailbox.state != "active":
             state = mailbox.state if mailbox else "gone"
@@ -87,3 +79,14 @@ class SubmissionHandler(SessionHandler):
                 "sender_identity", f"{user} may send as {', '.join(sorted(identities))}"
             )
         return None
+
+    def added_fields(self, server: GatewaySMTP, headers: bytes) -> bytes:
+        added = b""
+        if first_header(headers, b"date") is None:
+            added += f"Date: {format_datetime(datetime.now(UTC))}\r\n".encode()
+        if first_header(headers, b"message-id") is None:
+            assert server.session is not None
+            unique = f"{server.session.queue_id}.{secrets.token_hex(4)}"
+            hostname = self.services.config.gateway.hostname
+            added += f"Message-ID: <{unique}@{hostname}>\r\n".encode()
+        return added

@@ -122,7 +122,7 @@ def test_from_header_must_match_too(gateway: Gateway, sink: Sink) -> None:
         code, text = client.data(message(f"Trần Thị Bình <{BINH}>"))
     assert code == 550 and b"[sender_identity]" in text and BINH.encode() in text
     event = gateway.wait_event("message_rejected")
-    assert event["reason"] == "sender_identity" and event["user"] == AN
+    assert "[sender_identity]" in event["reason"] and event["user"] == AN
     time.sleep(0.3)
     assert sink.messages == []
 

@@ -185,7 +185,7 @@ def test_garbage_commands_get_errors_then_the_door(make_gateway, sink: Sink) -> 
     # Everyone else is still served.
     with smtplib.SMTP("127.0.0.1", gateway.inbound_port) as other:
         assert other.noop()[0] == 250
-    assert gateway.wait_event("protocol_error")["reason"] == "too many errors"
+    assert gateway.wait_event("protocol_error")["reason"] == "too many errors [smtp.max_errors]"
 
 
 def test_dropped_connection_mid_data_delivers_nothing(gateway: Gateway, sink: Sink) -> None:
@@ -282,5 +282,5 @@ def test_transaction_timeout_cuts_a_dribbling_sender(make_gateway, sink: Sink) -
         client.command("NOOP")
     client.close()
     event = gateway.wait_event("protocol_error")
-    assert event["reason"] == "transaction timeout during DATA"
+    assert event["reason"] == "transaction timeout during DATA [smtp.transaction_timeout]"
     assert sink.messages == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -142,12 +143,15 @@ async def test_all_temporary_is_451_and_nothing_spooled(setup: Setup) -> None:
 
     assert reply.code == replies.NEXT_HOP_UNAVAILABLE.code
     assert reply.status == replies.NEXT_HOP_UNAVAILABLE.status
-    assert reply.text.startswith(f"{replies.NEXT_HOP_UNAVAILABLE.text} [delivery]")
-    assert str(TEMP_451) in reply.text
+    assert reply.text == f"{replies.NEXT_HOP_UNAVAILABLE.text} [delivery]"
+    # The next hop's words (they may name internal hosts) stay out of the reply...
+    assert str(TEMP_451) not in reply.text and "fake-relay" not in reply.text
+    # ...and go to the event log.
+    (end,) = setup.named("message_tempfailed")
+    assert str(TEMP_451) in end["reason"] and OUTBOUND_HOP in end["reason"]
     assert setup.spool.load() == ([], [])
     assert list(setup.spool.queue.iterdir()) == []
-    (end,) = setup.named("message_tempfailed")
-    assert end["code"] == 451 and end["reason"] == "next hop unavailable"
+    assert end["code"] == 451
 
 
 async def test_all_permanent_is_5xx_with_the_next_hops_code(setup: Setup) -> None:
@@ -155,10 +159,10 @@ async def test_all_permanent_is_5xx_with_the_next_hops_code(setup: Setup) -> Non
     reply = await setup.relay.handle(context(["binh@example.gov.vn", "chi@other.gov.vn"]))
 
     assert (reply.code, reply.status) == (550, "5.1.1")
-    assert reply.text == f"{PERM_550.text} [delivery]"
+    assert reply.text == f"{replies.REFUSED_BY_NEXT_HOP.text} [delivery]"
     assert setup.spool.load() == ([], [])  # no DSN either: the client gets the 5xx itself
     (end,) = setup.named("message_rejected")
-    assert end["code"] == 550 and end["reason"] == "refused by next hop"
+    assert end["code"] == 550 and str(PERM_550) in end["reason"]
     assert setup.named("bounced") == []
 
 
@@ -243,7 +247,8 @@ async def test_spool_failure_after_partial_delivery_is_a_tempfail(
     monkeypatch.setattr(setup.spool, "enqueue", broken)
     setup.outbound.answers["slow@other.gov.vn"] = TEMP_451
     reply = await setup.relay.handle(context(["binh@example.gov.vn", "slow@other.gov.vn"]))
-    assert reply == replies.SPOOL_UNAVAILABLE
+    assert (reply.code, reply.status) == (451, replies.SPOOL_UNAVAILABLE.status)
+    assert reply.text.startswith(f"{replies.SPOOL_UNAVAILABLE.text} [spool]")
 
 
 # -- filters -------------------------------------------------------------------------------
@@ -303,7 +308,7 @@ async def test_rejecting_filter_names_its_rule_and_nothing_is_delivered(
     assert setup.local.calls == [] and setup.outbound.calls == []
     assert setup.spool.load() == ([], [])
     (end,) = setup.named("message_rejected")
-    assert end["reason"] == "test_relay_reject"
+    assert end["reason"] == reply.text  # the rule and why, as the sender was told
     assert end["code"] == replies.RELAY_DENIED.code
     setup.events.close()
 
@@ -320,7 +325,7 @@ async def test_raising_filter_is_a_tempfail_naming_it(
     assert test_filters.seen == ["boom"]
     assert setup.local.calls == [] and setup.outbound.calls == []
     (end,) = [r for r in setup.events_written() if r["event"].startswith("message_")]
-    assert end["reason"] == "test_relay_boom"
+    assert "[test_relay_boom]" in end["reason"]
     assert end["code"] == replies.LOCAL_ERROR.code
     setup.events.close()
 
@@ -409,3 +414,35 @@ def test_first_header_matches_the_email_parser(section: bytes, expected: str | N
     assert first_header(section, b"Message-ID") == expected
     parsed = BytesHeaderParser(policy=policy.compat32).parsebytes(section).get("Message-ID")
     assert (" ".join(str(parsed).split()) or None if parsed is not None else None) == expected
+
+
+async def test_no_recipient_left_is_a_5xx_naming_why(setup: Setup) -> None:
+    """Group expansion can leave nothing to deliver to; that is a 5xx, not a crash (451)."""
+    reply = await setup.relay.handle(context([]))
+    assert (reply.code, reply.status) == (
+        replies.NO_DELIVERABLE_RECIPIENT.code,
+        replies.NO_DELIVERABLE_RECIPIENT.status,
+    )
+    assert "[delivery]" in reply.text
+    assert setup.local.calls == [] and setup.outbound.calls == []
+    (end,) = setup.named("message_rejected")
+    assert end["reason"] == reply.text
+
+
+async def test_a_cancelled_relay_records_that_it_was_cut(setup: Setup) -> None:
+    """Shutdown may cancel a relay past its grace: the record must say so."""
+    started = asyncio.Event()
+
+    async def slow(sender: str, recipients: Sequence[str], body: Body) -> dict[str, Reply]:
+        started.set()
+        await asyncio.sleep(3600)
+        return {}
+
+    setup.outbound.deliver = slow  # type: ignore[method-assign]
+    task = asyncio.create_task(setup.relay.handle(context(["chi@other.gov.vn"])))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (cut,) = setup.named("relay_cancelled")
+    assert cut["recipients"] == ["chi@other.gov.vn"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -50,11 +51,20 @@ def spool(tmp_path: Path) -> Spool:
     return Spool(tmp_path / "spool")
 
 
-def spilled_body(spool: Spool, queue_id: str, data: bytes, threshold: int = 256) -> Body:
-    writer = spool.body_writer(queue_id, threshold)
-    for start in range(0, len(data), 100):
-        writer.write(data[start : start + 100])
-    return writer.finish(HEADERS)
+def spilled_body(
+    spool: Spool, queue_id: str, data: bytes, threshold: int = 256, prefix: bytes = b""
+) -> Body:
+    """What the SMTP server does with DATA: write blocks, flush when asked, finish."""
+
+    async def fill() -> Body:
+        writer = spool.body_writer(queue_id, threshold)
+        for start in range(0, len(data), 100):
+            writer.write(data[start : start + 100])
+            if writer.needs_flush:
+                await writer.flush()
+        return await writer.finish(HEADERS, prefix)
+
+    return asyncio.run(fill())
 
 
 # -- round trip ----------------------------------------------------------------------------
@@ -98,10 +108,40 @@ def test_body_writer_below_threshold_stays_in_memory(spool: Spool) -> None:
     data = message(3)
     writer = spool.body_writer("Q1", len(data))
     writer.write(data)
-    body = writer.finish(HEADERS)
+    assert not writer.needs_flush
+    body = asyncio.run(writer.finish(HEADERS))
     assert body.in_memory
     assert body.read() == data
     assert list(spool.incoming.iterdir()) == []
+
+
+def test_body_writer_write_never_touches_the_disk(spool: Spool) -> None:
+    """write() runs on the event loop: past the threshold it only asks for a flush,
+    which goes to a worker thread."""
+    writer = spool.body_writer("QLOOP", 64)
+    writer.write(message(20))
+    assert writer.needs_flush
+    assert list(spool.incoming.iterdir()) == []
+    asyncio.run(writer.flush())
+    assert (spool.incoming / "QLOOP.tmp").exists()
+    writer.abort()
+
+
+@pytest.mark.parametrize("threshold", [256, 1 << 20])
+def test_prefix_goes_on_top_in_memory_and_spilled(spool: Spool, threshold: int) -> None:
+    """Received (and a submission's Date/Message-ID) are known only at the end of DATA;
+    they must come first whether the rest stayed in memory or spilled to a file."""
+    data = message(300)
+    prefix = b"Received: from x by y; now\r\nDate: today\r\n"
+    body = spilled_body(spool, f"QPRE{threshold}", data, threshold=threshold, prefix=prefix)
+    assert body.in_memory == (threshold > len(data))
+    assert body.read() == prefix + data
+    assert b"".join(body.line_chunks(64)) == prefix + data
+    assert body.size == len(prefix) + len(data)
+    assert body.headers.startswith(prefix)
+    queue_id = new_queue_id()
+    spool.enqueue(entry(queue_id), body)
+    assert spool.body(queue_id).read() == prefix + data
 
 
 def test_entry_fields_survive_json(spool: Spool) -> None:
@@ -268,6 +308,7 @@ def test_clear_incoming_deletes_stale_spill_files(tmp_path: Path) -> None:
 def test_body_writer_abort_removes_its_spill_file(spool: Spool) -> None:
     writer = spool.body_writer("QABORT", 64)
     writer.write(message(20))
+    asyncio.run(writer.flush())
     spill = spool.incoming / "QABORT.tmp"
     assert spill.exists()
     writer.abort()
