@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -186,6 +187,26 @@ class Gateway:
     def queued_entries(self) -> list[dict[str, Any]]:
         return [json.loads(p.read_text()) for p in sorted(self.spool_queue.glob("*.json"))]
 
+    @property
+    def implicit_tls_port(self) -> int:
+        """The port of ``smtp.submission_tls_listen`` (set it in ``smtp_extra``)."""
+        return int(str(self.smtp_extra["submission_tls_listen"]).rsplit(":", 1)[1])
+
+    def serve_log(self) -> str:
+        """What ``mailgate serve`` printed (stdout and stderr)."""
+        path = self.workdir / "serve.log"
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+    def all_logs(self) -> str:
+        """serve.log and every file under the log directory, as one text."""
+        texts = [self.serve_log()]
+        texts += [
+            p.read_text(encoding="utf-8", errors="replace")
+            for p in sorted(self.log_dir.rglob("*"))
+            if p.is_file()
+        ]
+        return "\n".join(texts)
+
 
 @dataclass
 class Received:
@@ -202,6 +223,8 @@ class SinkHandler:
         self.rcpt_replies: dict[str, str] = {}
         self.data_reply: str | None = None
         self.drop_after_data = False
+        self.data_delay = 0.0  # seconds before answering DATA: a slow next hop
+        self.data_started = threading.Event()  # set when a message's DATA is complete
         self.lock = threading.Lock()
 
     async def handle_RCPT(
@@ -214,6 +237,9 @@ class SinkHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.data_started.set()
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         if self.drop_after_data:
             server.transport.close()
             return "451 dropped"
@@ -262,3 +288,142 @@ class Sink:
                 return self.messages
             time.sleep(0.05)
         raise TimeoutError(f"sink got {len(self.messages)} messages, wanted {count}")
+
+
+# Postfix's own services, each without chroot (a private instance has no chroot jail).
+_POSTFIX_SERVICES = """\
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+
+class PrivatePostfix:
+    """A Postfix instance of its own (config, queue, data and log under ``root``) whose
+    smtpd listens on a free loopback port and relays everything to ``relayhost``.
+
+    Run as root (Postfix's master must be). ``root`` must be traversable by the
+    ``postfix`` user, so it is not under pytest's 0700 base directory.
+    """
+
+    def __init__(self, root: Path, relayhost: str) -> None:
+        self.root = root
+        self.port = free_port()
+        self.config_dir = root / "etc"
+        self.maillog = root / "log" / "maillog"
+        self.relayhost = relayhost
+
+    def postconf(self) -> dict[str, str]:
+        root = self.root
+        return {
+            "compatibility_level": "3.6",
+            "queue_directory": str(root / "spool"),
+            "data_directory": str(root / "data"),
+            "mail_owner": "postfix",
+            "setgid_group": "postdrop",
+            "myhostname": "relay.test",
+            "mydomain": "relay.test",
+            "myorigin": "relay.test",
+            "mydestination": "",
+            "local_recipient_maps": "",
+            "alias_maps": "",
+            "alias_database": "",
+            "inet_interfaces": "loopback-only",
+            "inet_protocols": "ipv4",
+            "mynetworks": "127.0.0.0/8",
+            "smtpd_relay_restrictions": "permit_mynetworks, reject",
+            "relayhost": self.relayhost,
+            "smtp_tls_security_level": "none",
+            "smtp_dns_support_level": "disabled",
+            "maillog_file_prefixes": str(root / "log"),
+            "maillog_file": str(self.maillog),
+            "biff": "no",
+        }
+
+    def postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["postfix", "-c", str(self.config_dir), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=check,
+        )
+
+    def start(self) -> PrivatePostfix:
+        for name in ("etc", "spool", "data", "log"):
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+        self.maillog.touch()
+        main_cf = "".join(f"{key} = {value}\n" for key, value in self.postconf().items())
+        (self.config_dir / "main.cf").write_text(main_cf)
+        smtpd = f"127.0.0.1:{self.port} inet n - n - - smtpd\n"
+        (self.config_dir / "master.cf").write_text(smtpd + _POSTFIX_SERVICES)
+        self.postfix("set-permissions", check=False)
+        result = self.postfix("start", check=False)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"postfix start failed ({result.returncode}): {result.stdout}{result.stderr}"
+                f"\nmaillog:\n{self.log()}"
+            )
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        self.postfix("stop", check=False)
+
+    def log(self) -> str:
+        try:
+            return self.maillog.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A test CA and a server certificate signed by it (PEM files)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def smtp_extra(self) -> dict[str, Any]:
+        """``[smtp]`` keys for both TLS listeners (STARTTLS and implicit TLS)."""
+        return {
+            "tls_cert": str(self.cert),
+            "tls_key": str(self.key),
+            "submission_tls_listen": f"127.0.0.1:{free_port()}",
+        }
+
+
+def make_tls_files(directory: Path, hostname: str = "mx.example.gov.vn") -> TLSFiles:
+    """A trustme CA and a certificate for ``hostname`` and 127.0.0.1, written to ``directory``."""
+    import trustme
+
+    ca = trustme.CA()
+    issued = ca.issue_cert(hostname, "127.0.0.1")
+    files = TLSFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    ca.cert_pem.write_to_path(str(files.ca))
+    issued.private_key_pem.write_to_path(str(files.key))
+    files.key.chmod(0o600)
+    with files.cert.open("wb") as chain:
+        for blob in issued.cert_chain_pems:
+            chain.write(blob.bytes())
+    return files
