@@ -213,6 +213,9 @@ class _Reader:
 
     def _path(self, key: str, raw: Any, doc: str) -> Any:
         value = self._str(key, raw, doc)
+        if value is not None and "\x00" in value:
+            self.fail(key, "contains a NUL character (\\u0000); remove it")
+            return None
         return None if value is None else self.path(value)
 
     def _file(self, key: str, raw: Any, doc: str) -> Any:

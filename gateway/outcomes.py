@@ -63,10 +63,11 @@ class OutcomeLog:
             ("deferred", split.deferred),
             ("delivery_failed", split.failed),
         ):
-            by_hop: dict[tuple[str, Reply], list[str]] = {}
+            by_hop: dict[tuple[str, Reply, str | None], list[str]] = {}
             for recipient, outcome in group.items():
-                by_hop.setdefault((outcome.hop, outcome.reply), []).append(recipient)
-            for (hop, reply), recipients in by_hop.items():
+                key = (outcome.hop, outcome.reply, outcome.tls)
+                by_hop.setdefault(key, []).append(recipient)
+            for (hop, reply, tls), recipients in by_hop.items():
                 self.events.emit(
                     event,
                     queue_id=queue_id,
@@ -76,5 +77,6 @@ class OutcomeLog:
                     next_hop=hop,
                     code=reply.code,
                     reason=None if reply.is_success else str(reply),
+                    tls=tls,  # how the hop was reached: "TLSv1.3 verified", "none: ..."
                     **extra,
                 )

@@ -153,7 +153,9 @@ class Runtime:
         try:
             new = load_config(self.config.path)
             new_tls = tls_context(new)
-            router = self.relay.router if new.delivery == self.config.delivery else Router(new)
+            same_hops = new.delivery == self.config.delivery and new.delivery.tls_ca_file is None
+            # A CA file may have been replaced at the same path: a new router reads it.
+            router = self.relay.router if same_hops else Router(new)
             settings = relay_settings(new)
         except Exception as exc:
             problems = exc.problems if isinstance(exc, ConfigError) else [_describe(exc)]

@@ -390,6 +390,16 @@ class Directory:
         self.record_access(row["address"])
         return self.get(row["address"])
 
+    def password_owner(self, login: str, password: str) -> Mailbox | None:
+        """The mailbox ``password`` belongs to, whatever its state: the authenticator
+        decides what a locked owner is told (only someone with the password learns it)."""
+        rows = self._query("SELECT * FROM mailboxes WHERE address = ?", (login.strip(),))
+        row = rows[0] if rows else None
+        # Verify even for unknown users, so timing does not reveal which addresses exist.
+        if not verify_password(row["password_hash"] if row else None, password) or row is None:
+            return None
+        return self.get(row["address"])
+
     def login_refusal(self, login: str) -> str | None:
         """Why a correct password would still be refused, for the event log only."""
         mailbox = self.get(login)

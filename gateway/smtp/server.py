@@ -220,6 +220,11 @@ class GatewaySMTP(SMTP):
 
     # -- idle timer: idle time only ----------------------------------------------------
 
+    def data_received(self, data: bytes) -> None:
+        """Bytes arriving are activity, even mid-line (a steady DATA upload)."""
+        self._last_activity = self.loop.time()
+        super().data_received(data)
+
     def _reset_timeout(self, duration: float | None = None) -> None:
         self._last_activity = self.loop.time()
         super()._reset_timeout(duration)
@@ -475,11 +480,9 @@ class GatewaySMTP(SMTP):
     async def _read_data(self, writer: Any) -> tuple[Reply | None, bytes]:
         """Read DATA up to the lone dot; returns the first problem found (if any) and the
         header section. After a problem the rest is read and dropped, so the session
-        stays in step and the client gets one clear answer. Every block read counts as
-        activity for the idle timer."""
+        stays in step and the client gets one clear answer."""
         state = DataState(self.limits.data)
         reader = self._reader
-        loop = self.loop
         while not state.done:
             try:
                 block = await reader.readuntil(TERMINATOR)
@@ -487,7 +490,6 @@ class GatewaySMTP(SMTP):
                 block = await reader.readexactly(overrun.consumed)
             except asyncio.IncompleteReadError:
                 raise ConnectionResetError("connection closed during DATA") from None
-            self._last_activity = loop.time()
             content = state.feed(block)
             if content:
                 writer.write(content)
