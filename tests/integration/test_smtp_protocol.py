@@ -5,6 +5,7 @@ from __future__ import annotations
 import smtplib
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -207,12 +208,28 @@ def test_dropped_connection_mid_data_delivers_nothing(gateway: Gateway, sink: Si
 def test_large_message_spills_to_disk_and_arrives_intact(gateway: Gateway, sink: Sink) -> None:
     line = b"0123456789" * 7 + b"\r\n"
     body = b"Subject: big\r\n\r\n" + b".dot-leading line\r\n" + line * 40000  # ~2.9 MB
+    sink.handler.data_delay = 1.0  # time to look at the spool while the relay runs
+    incoming = gateway.workdir / "var" / "spool" / "incoming"
+    spilled: list[int] = []
+
+    def watch() -> None:
+        assert sink.handler.data_started.wait(30)
+        spilled.extend(p.stat().st_size for p in incoming.glob("*.tmp"))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     with smtplib.SMTP("127.0.0.1", gateway.inbound_port) as client:
         client.sendmail("a@other.org", ["bob@example.gov.vn"], body)
-    received = sink.wait_messages(1)[0]
-    assert received.data.split(b"\r\n", 3)[-1] == body.split(b"\r\n", 1)[
-        1
-    ] or received.data.endswith(body)
+    watcher.join(30)
+    # The body sat on disk, not in memory, while it was relayed (past spill_threshold).
+    assert len(spilled) == 1 and spilled[0] >= len(body) - 1
+    (received,) = sink.wait_messages(1)
+    # Byte-exact after our one Received field (dot-stuffing undone, nothing else added).
+    assert received.data.startswith(b"Received: ")
+    assert received.data.endswith(body)
+    head = received.data[: -len(body)]
+    assert head.count(b"\r\nReceived: ") == 0 and b"\r\n\r\n" not in head
+    assert list(incoming.iterdir()) == []  # and dropped once relayed
 
 
 def test_pipelined_transactions_on_one_connection(gateway: Gateway, sink: Sink) -> None:
@@ -238,13 +255,14 @@ def test_per_client_connection_limit(make_gateway, sink: Sink) -> None:
     third = socket.create_connection(("127.0.0.1", gateway.inbound_port), timeout=5)
     assert third.recv(1024).startswith(b"421 4.7.0")
     third.close()
+    refused = gateway.wait_event("connection_refused")
+    assert refused["code"] == 421 and refused["reason"] == "[smtp.max_connections_per_client]"
     first.close()
-    time.sleep(0.3)
+    gateway.wait_event("session_end")  # the gateway has let go of the first slot
     fourth = RawClient(gateway.inbound_port)
     assert fourth.greeting.startswith("220")
     second.close()
     fourth.close()
-    assert gateway.wait_event("connection_refused")["code"] == 421
 
 
 def test_idle_timeout_closes_the_session(make_gateway, sink: Sink) -> None:
