@@ -184,6 +184,22 @@ class Gateway:
             time.sleep(0.1)
         raise TimeoutError(f"no {name} event within {timeout}s; have {self.events()[-5:]}")
 
+    def wait_events(
+        self,
+        name: str,
+        count: int,
+        predicate: Callable[[dict], bool] = lambda e: True,
+        timeout: float = 15,
+    ) -> list[dict[str, Any]]:
+        """At least ``count`` events ``name`` matching ``predicate`` (all of them)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [record for record in self.events(name) if predicate(record)]
+            if len(found) >= count:
+                return found
+            time.sleep(0.1)
+        raise TimeoutError(f"fewer than {count} {name} events within {timeout}s")
+
     def queued_entries(self) -> list[dict[str, Any]]:
         return [json.loads(p.read_text()) for p in sorted(self.spool_queue.glob("*.json"))]
 
