@@ -10,8 +10,10 @@ speaks this; a TLS 1.0 client is refused with a handshake alert and an event.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
+from asyncio import sslproto
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -72,3 +74,14 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     context.load_cert_chain(cert, key)
     return context
+
+
+class AlertingSSLProtocol(sslproto.SSLProtocol):
+    """asyncio drops the alert OpenSSL writes when a handshake fails; send it first, so
+    the client learns why (e.g. ``handshake_failure`` for no shared cipher)."""
+
+    def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
+        if handshake_exc is not None:
+            with contextlib.suppress(Exception):  # the peer may be gone already
+                self._process_outgoing()  # type: ignore[attr-defined]
+        super()._on_handshake_complete(handshake_exc)  # type: ignore[misc]

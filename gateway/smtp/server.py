@@ -44,6 +44,7 @@ from gateway.smtp.addresses import plain_angle_address
 from gateway.smtp.data import TERMINATOR, DataLimits, DataState
 from gateway.smtp.replies import Reply
 from gateway.smtp.session import GatewaySession
+from gateway.tls import AlertingSSLProtocol
 
 log = logging.getLogger(__name__)
 
@@ -293,14 +294,35 @@ class GatewaySMTP(SMTP):
         return await super().handle_exception(error)
 
     async def smtp_STARTTLS(self, arg: str) -> None:
-        """The handshake gets a few seconds, not the whole idle timeout."""
+        """aiosmtpd's STARTTLS, with a bounded handshake and a TLS alert on failure (it
+        uses asyncio's SSLProtocol, which drops the alert and waits for ever)."""
+        if arg:
+            await self.push("501 Syntax: STARTTLS")
+            return
+        if not self.tls_context:
+            await self.push("454 TLS not available")
+            return
+        await self.push("220 Ready to start TLS")
+        waiter = self.loop.create_future()
+        self._tls_protocol = AlertingSSLProtocol(
+            self.loop,
+            self,
+            self.tls_context,
+            waiter,
+            server_side=True,
+            ssl_handshake_timeout=STARTTLS_HANDSHAKE_SECONDS,
+        )
+        self._original_transport = self.transport
+        assert self._original_transport is not None
+        self._original_transport.set_protocol(self._tls_protocol)
+        self.transport = self._tls_protocol._app_transport
+        self._tls_protocol.connection_made(self._original_transport)
         try:
-            async with asyncio.timeout(STARTTLS_HANDSHAKE_SECONDS):
-                await super().smtp_STARTTLS(arg)
-        except TimeoutError:
-            self.event_handler.on_tls_failed(self, "handshake timed out")
-            if self.transport is not None:
-                self.transport.close()
+            await waiter
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            raise TLSSetupException() from error
 
     # -- AUTH: aiosmtpd calls the authenticator synchronously; ours must not block ----
 

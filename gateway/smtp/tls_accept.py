@@ -12,26 +12,14 @@ failed handshake into one ``tls_failed`` event, after sending the TLS alert.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
-from asyncio import sslproto
 from collections.abc import Callable
 from typing import Any
 
 from gateway.smtp.server import GatewaySMTP, peer_host
+from gateway.tls import AlertingSSLProtocol
 
 HANDSHAKE_SECONDS = 10.0
-
-
-class AlertingSSLProtocol(sslproto.SSLProtocol):
-    """asyncio drops the alert OpenSSL writes when a handshake fails; send it first, so
-    the client learns why (e.g. ``handshake_failure`` for no shared cipher)."""
-
-    def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
-        if handshake_exc is not None:
-            with contextlib.suppress(Exception):  # the peer may be gone already
-                self._process_outgoing()  # type: ignore[attr-defined]
-        super()._on_handshake_complete(handshake_exc)  # type: ignore[misc]
 
 
 class ImplicitTLSAcceptor(asyncio.Protocol):

@@ -414,3 +414,28 @@ async def test_queue_scan_during_an_enqueue_keeps_the_body(
     entries, problems = setup.spool.load()
     assert problems == []
     assert [e.queue_id for e in entries] == [ctx.queue_id]
+
+
+async def test_an_attempt_whose_state_cannot_be_saved_waits_for_the_backoff(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review saw a local recipient get a new copy every scan when an attempt raised
+    after delivering: the entry must wait out a backoff before it is tried again."""
+    entry = spool_entry(setup, ["binh@example.gov.vn", "slow@other.gov.vn"])
+    setup.outbound.answers["slow@other.gov.vn"] = TEMP_451
+    real_save = setup.spool.save
+
+    def full_disk(saved: QueueEntry) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(setup.spool, "save", full_disk)
+    assert await setup.runner.run_once() == 1
+    assert len(setup.local.calls) == 1
+    assert await setup.runner.run_once() == 0  # held back, not delivered again
+    assert await setup.runner.run_once() == 0
+    assert len(setup.local.calls) == 1
+    (error,) = [e for e in setup.named("spool_error") if e.get("queue_id") == entry.queue_id]
+    assert "OSError" in error["reason"]
+    monkeypatch.setattr(setup.spool, "save", real_save)
+    setup.clock.now += SETTINGS.retry_max_seconds + 1
+    assert await setup.runner.run_once() == 1  # after the backoff it is tried again
