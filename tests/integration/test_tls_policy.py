@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,10 @@ def client_context(tls: TLSFiles, kind: str) -> ssl.SSLContext:
         context.set_ciphers(CBC_ONLY)
     elif kind == "tls11":
         context.set_ciphers("DEFAULT:@SECLEVEL=0")  # OpenSSL 3 offers TLS 1.1 only so
-        context.minimum_version = ssl.TLSVersion.TLSv1
-        context.maximum_version = ssl.TLSVersion.TLSv1_1
+        with warnings.catch_warnings():  # deprecated: that is the point of the test
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = ssl.TLSVersion.TLSv1
+            context.maximum_version = ssl.TLSVersion.TLSv1_1
     else:
         raise ValueError(kind)
     return context
