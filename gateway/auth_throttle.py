@@ -47,7 +47,9 @@ class LoginThrottle:
         """Why a login from ``client`` as ``address`` must wait, or None."""
         key = address.lower()
         if self._recent(self._by_address, key) + self._checking_address[key] >= self.per_address:
-            return f"too many failed logins for {key}"
+            # Not the name itself: it may be a password typed into the user field. The
+            # event's ``user`` carries it when it is safe to (auth.loggable_user).
+            return "too many failed logins for this user name"
         if self._recent(self._by_client, client) + self._checking_client[client] >= self.per_client:
             return f"too many failed logins from {client}"
         return None

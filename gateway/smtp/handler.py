@@ -257,7 +257,10 @@ class SessionHandler:
         except OSError as exc:
             writer.abort()
             self.services.log.error("spill file for %s failed: %s", queue_id, exc)
-            return replies.SPOOL_UNAVAILABLE
+            return replies.SPOOL_UNAVAILABLE.with_rule("spool")
+        except BaseException:  # the client left while the spill file was being closed
+            writer.abort()
+            raise
         ctx = MessageContext(
             queue_id=queue_id,
             session_id=session.session_id or "",

@@ -233,6 +233,8 @@ class GatewaySMTP(SMTP):
     def _timeout_cb(self) -> None:
         """aiosmtpd's timer fires ``idle_timeout`` after the last command line. A client
         uploading DATA, or waiting for a slow next hop, is not idle: look again later."""
+        if self.transport is None:  # the connection is gone; nothing to time out
+            return
         if self.relaying:
             super()._reset_timeout()
             return
@@ -244,8 +246,7 @@ class GatewaySMTP(SMTP):
                 self._timeout_duration - idle, self._timeout_cb
             )
             return
-        if self.transport is not None:
-            self.event_handler.on_protocol_error(self, "idle timeout [smtp.idle_timeout]")
+        self.event_handler.on_protocol_error(self, "idle timeout [smtp.idle_timeout]")
         super()._timeout_cb()
 
     # -- replies ---------------------------------------------------------------------
@@ -496,7 +497,8 @@ class GatewaySMTP(SMTP):
         finally:
             self.relaying = False
             self._set_post_data_state()
-            self._reset_timeout()
+            if self.transport is not None:
+                self._reset_timeout()  # the relay's time was not the client's idle time
         await self.push(str(status))
 
     async def _read_data(self, writer: Any) -> tuple[Reply | None, bytes]:
