@@ -74,4 +74,4 @@ class Authenticator:
         return LoginResult(owner, None, "ok", owner.address)
 
     def close(self) -> None:
-        self._hashing.shutdown(wait=False, cancel_futures=True)
+        self._hashing.shutdown(wait=True, cancel_futures=True)

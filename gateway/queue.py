@@ -49,24 +49,33 @@ class QueueRunner:
         # look again. Without it, a failing entry was retried, and its delivered
         # recipients sent another copy, on every scan.
         self._held: dict[str, tuple[int, float]] = {}
+        self._stopping = False
 
     @property
     def relay(self) -> Relay:
         """The current relay (a config reload may replace it)."""
         return self._relay()
 
+    def stop(self) -> None:
+        """Shutdown: start no new attempt; ``run`` returns once the ones under way end
+        (cancelling an attempt after the next hop took the message would send it again)."""
+        self._stopping = True
+        self._wake.set()
+
     def wake(self) -> None:
         """Look at the queue now (after a new entry, or on demand)."""
         self._wake.set()
 
     async def run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.run_once()
             except Exception as exc:  # the spool folder itself failed: say so, keep trying
                 log.exception("queue scan failed")
                 self.relay.events.emit("spool_error", reason=f"{type(exc).__name__}: {exc}")
             self._wake.clear()
+            if self._stopping:
+                break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings().scan_interval_seconds)
 
@@ -81,6 +90,8 @@ class QueueRunner:
 
         async def attempt(entry: QueueEntry) -> None:
             async with limit:
+                if self._stopping:
+                    return
                 try:
                     await self.attempt(entry)
                 except Exception as exc:

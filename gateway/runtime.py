@@ -12,6 +12,7 @@ import logging
 import signal
 import ssl
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,7 @@ class Runtime:
         )
         self.queue = QueueRunner(lambda: self.relay, lambda: self.config.queue)
         self._in_flight: set[asyncio.Task[Reply]] = set()
+        self._sessions: weakref.WeakSet[GatewaySMTP] = weakref.WeakSet()
         self._retired_routers: set[asyncio.Task[Any]] = set()
         self._listeners = self._make_listeners()
 
@@ -180,6 +182,7 @@ class Runtime:
         self.throttle.per_address = new.auth.max_failures_per_address
         self.throttle.per_client = new.auth.max_failures_per_client
         self.throttle.window = new.auth.failure_window_seconds
+        router.use_config(new)  # a kept router must route by the new gateway.domains
         self.relay.reconfigure(new.gateway.hostname, router, settings)
         if router is not old_router:
             # Deliveries in flight still use the old pool; it closes their connections
@@ -238,7 +241,7 @@ class Runtime:
         """A new protocol object per connection, with the config in force right now."""
         config = self.config
         submission = isinstance(listener.handler, SubmissionHandler)
-        return GatewaySMTP(
+        session = GatewaySMTP(
             listener.handler,
             limits=self.limits,
             limiter=listener.limiter,
@@ -254,6 +257,18 @@ class Runtime:
             and not listener.implicit_tls,
             auth_exclude_mechanism=None if submission else ["LOGIN", "PLAIN"],
         )
+        self._sessions.add(session)
+        return session
+
+    def close_sessions(self) -> int:
+        """Past the shutdown grace: close what is still connected (none of it holds a 250
+        it has not been told; relays run on their own and were waited for)."""
+        closed = 0
+        for session in list(self._sessions):
+            if session.transport is not None:
+                session.transport.close()
+                closed += 1
+        return closed
 
     def protocol_factory(self, listener: Listener) -> Any:
         """What ``create_server`` calls per accepted socket."""
@@ -272,7 +287,7 @@ class Runtime:
 
     async def close(self) -> None:
         await self.relay.router.close()
-        self.authenticator.close()
+        self.authenticator.close()  # no argon2 thread left reading the directory
         self.directory.close()
         self.events.close()
 
@@ -329,15 +344,19 @@ async def serve(config: Config, directory: Directory | None = None) -> None:
 
     try:
         async with asyncio.TaskGroup() as group:
-            workers = [group.create_task(runtime.queue.run()), group.create_task(reloads())]
+            queue = group.create_task(runtime.queue.run())
+            reloader = group.create_task(reloads())
             await stop.wait()
             for server in servers:
                 server.close()
             deadline = loop.time() + SHUTDOWN_GRACE_SECONDS
+            runtime.queue.stop()  # attempts under way finish: cutting one could double it
             await _drain_sessions(runtime, deadline)
             await runtime.finish_relays(deadline)
-            for worker in workers:
-                worker.cancel()
+            await asyncio.wait({queue}, timeout=max(deadline - loop.time(), 0.1))
+            runtime.close_sessions()
+            queue.cancel()
+            reloader.cancel()
     finally:
         runtime.events.emit("gateway_stop")
         await runtime.close()

@@ -101,6 +101,10 @@ class Router:
         self.local = make_deliverer(delivery.local, config, delivery.local_tls)
         self.outbound = make_deliverer(delivery.outbound, config, delivery.outbound_tls)
 
+    def use_config(self, config: Config) -> None:
+        """A reload kept this router (same hops): route by the new config's domains."""
+        self._config = config
+
     async def deliver(
         self, sender: str, recipients: Sequence[str], body: Body
     ) -> dict[str, Outcome]:

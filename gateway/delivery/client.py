@@ -223,6 +223,10 @@ class Connection:
                 raise NextHopError(f"{self.hop} refused STARTTLS ({reply}); delivery.tls = {level}")
             self.tls = f"none: STARTTLS refused ({reply})"
             return
+        if self._unasked():
+            # Bytes after the 220 were sent in plain text before TLS: never read them as
+            # replies inside the encrypted session (the STARTTLS injection of CVE-2011-0411).
+            raise NextHopError(f"{self.hop} sent data before the TLS handshake")
         context = context or tls_context(self.hop)
         self._extend(2)  # the handshake's own timeout below fires first
         try:

@@ -54,6 +54,7 @@ class EventLog:
         self._day = ""
         self._fd: int | None = None
         self._dirty = False  # written since the last fsync
+        self.write_failures = 0  # events that could not be written (disk full, I/O error)
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +67,16 @@ class EventLog:
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
         data = (line + "\n").encode("utf-8", "surrogateescape")
         with self._lock:
-            os.write(self._descriptor(now.astimezone(UTC).strftime("%Y-%m-%d")), data)
+            try:
+                os.write(self._descriptor(now.astimezone(UTC).strftime("%Y-%m-%d")), data)
+            except OSError as exc:
+                # A full or failing log disk must not turn a delivered message into a 451
+                # (the sender would send it again) nor stop the gateway: count and say so.
+                self.write_failures += 1
+                if self.write_failures == 1 or self.write_failures % 1000 == 0:
+                    log.error("cannot write the event log (%d events lost): %s",
+                              self.write_failures, exc)  # fmt: skip
+                return record
             self._dirty = True
             if self._syncer is None and not self._stop.is_set():
                 self._syncer = threading.Thread(

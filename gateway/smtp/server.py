@@ -77,6 +77,9 @@ READ_BUFFER = 65536
 AUTH_LINE_LIMIT = 12288
 STARTTLS_HANDSHAKE_SECONDS = 10.0
 _RULE_TAG = re.compile(r"\[[a-z_.]+\]")
+# aiosmtpd quotes the client's unknown command back ('command "X" not recognized'): after
+# an AUTH exchange ends early that "command" may be a base64 password. Never echo it.
+_QUOTED_CLIENT_TEXT = re.compile(r'"[^"]*"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +222,21 @@ class GatewaySMTP(SMTP):
             self.release_slot()
             self.event_handler.on_disconnect(self)
 
+    def connection_lost(self, error: Exception | None) -> None:
+        """Free the slot here too: a client that closes right after connecting (or after
+        the TLS handshake) can have ``_handle_client`` cancelled before it ever runs, and
+        then its ``finally`` never does."""
+        super().connection_lost(error)
+        self.release_slot()
+
+    def eof_received(self) -> bool | None:
+        """aiosmtpd cancels the session on EOF but keeps the socket half open until the
+        idle timer; nothing more will be read, so close it now."""
+        super().eof_received()
+        if self.transport is not None:
+            self.transport.close()
+        return False
+
     # -- idle timer: idle time only ----------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
@@ -261,7 +279,7 @@ class GatewaySMTP(SMTP):
                 text = f"{code} {_DEFAULT_STATUS.get(code, code[0] + '.0.0')} {rest}"
             if code[:1] in "45" and not _RULE_TAG.search(text):
                 # aiosmtpd's own refusals (syntax, sequence): name the rule and record it.
-                text += " [smtp.protocol]"
+                text = _QUOTED_CLIENT_TEXT.sub("(not shown)", text) + " [smtp.protocol]"
                 self.event_handler.on_command_refused(self, text)
         await super().push(text)
         if code[:1] == "5" and self.transport is not None:

@@ -212,3 +212,21 @@ def test_size_over_the_limit_is_refused_at_mail(gateway: Gateway) -> None:
     event = gateway.wait_event("mail_rejected")
     assert "[smtp.max_message_size]" in event["reason"] and event["code"] == 552
     assert event["listener"] == "inbound" and event["sender"] == "a@other.org"
+
+
+def test_a_password_read_as_a_command_is_neither_echoed_nor_logged(gateway: Gateway) -> None:
+    """When an AUTH exchange ends early, the client's next line (its base64 password) is
+    read as a command; aiosmtpd's 'command "X" not recognized' would echo it, and the
+    event log would keep it (the review found it, upper-cased but easy to undo)."""
+    secret = base64.b64encode(b"password123").decode()
+    client = ehlo(gateway)
+    assert client.command("AUTH LOGIN").startswith("334 ")
+    assert client.command(b"u" * 20_000).startswith("500 ")  # the exchange ends here
+    reply = client.command(secret)  # the client goes on with its password line
+    client.close()
+    assert reply.startswith("500 ") and "[smtp.protocol]" in reply
+    event = gateway.wait_event("command_rejected")
+    assert event["code"] == 500
+    gateway.stop()
+    for text in (reply, gateway.all_logs(), gateway.serve_log()):
+        assert secret not in text and secret.upper() not in text

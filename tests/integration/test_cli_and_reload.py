@@ -165,24 +165,21 @@ def test_check_config_prints_the_data_paths_and_warns_about_the_directory(
     assert "warning" not in fine.stdout and fine.stdout.endswith(": OK\n")
 
 
-def test_check_config_reports_a_surprise_in_one_line(make_gateway, sink: Sink) -> None:
-    """A NUL byte in a path makes the loader raise ValueError: one line, exit 2."""
+def test_check_config_names_a_nul_byte_in_a_path(make_gateway, sink: Sink) -> None:
+    """A NUL byte in a path made the loader raise ValueError (a traceback, and on SIGHUP
+    a dead gateway): now it is a config mistake like any other, naming its key."""
     gateway = make_gateway(sink.url, sink.url)
     text = gateway.config_path.read_text()
     gateway.write_config(
         text.replace("[smtp]\n", '[smtp]\ntls_cert = "a\\u0000b"\ntls_key = "k.pem"\n')
     )
     result = gateway.cli("check-config", check=False)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout
-    assert result.stdout.splitlines() == [
-        f"config error: {gateway.config_path}: ValueError: embedded null byte"
-    ]
+    assert "smtp.tls_cert: contains a NUL character" in result.stdout
     other = gateway.cli("logs", "search", check=False)
-    assert other.returncode == 1 and "Traceback" not in other.stderr
-    assert other.stderr.splitlines() == [
-        f"mailgate: invalid config {gateway.config_path}: ValueError: embedded null byte"
-    ]
+    assert other.returncode != 0 and "Traceback" not in other.stderr
+    assert "smtp.tls_cert: contains a NUL character" in other.stderr + other.stdout
 
 
 def test_logs_search_into_head_ends_quietly(make_gateway, sink: Sink) -> None:

@@ -124,6 +124,28 @@ def test_sigterm_mid_relay_finishes_the_relay_before_stopping(make_gateway, sink
     assert names.index("message_accepted") < names.index("gateway_stop")
 
 
+def test_sigterm_lets_a_queue_attempt_under_way_finish(make_gateway, sink: Sink) -> None:
+    """The queue worker was cancelled at once on SIGTERM: an attempt cut after the next
+    hop took the message (state not yet saved) would send it again after a restart."""
+    sink.handler.rcpt_replies["bob@example.gov.vn"] = "451 4.3.0 not now"
+    gateway = make_gateway(sink.url, sink.url).start()
+    with smtplib.SMTP("127.0.0.1", gateway.inbound_port) as client:
+        # carol gets it now, bob's copy is spooled: the client gets 250
+        client.sendmail("a@other.org", ["bob@example.gov.vn", "carol@example.gov.vn"], MESSAGE)
+    assert len(gateway.queued_entries()) == 1
+    sink.handler.data_started.clear()
+    sink.handler.data_delay = 2.0
+    sink.handler.rcpt_replies.clear()
+    assert sink.handler.data_started.wait(15), "the queue's retry reached DATA"
+    gateway.signal(signal.SIGTERM)
+    assert gateway.stop() == 0
+    assert [m.recipients for m in sink.messages] == [
+        ["carol@example.gov.vn"],
+        ["bob@example.gov.vn"],
+    ]
+    assert gateway.queued_entries() == [], "the attempt finished and its entry is gone"
+
+
 # -- duplicate recipients -------------------------------------------------------------------
 
 

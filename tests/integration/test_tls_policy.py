@@ -3,6 +3,7 @@ and an event), and implicit-TLS connections counted from their first byte."""
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import socket
 import ssl
@@ -206,3 +207,48 @@ def test_plain_port_names_the_per_client_limit(make_gateway, sink: Sink) -> None
     assert reply.startswith("421 4.7.0 ")
     event = gateway.wait_event("connection_refused")
     assert event["listener"] == "inbound" and "smtp.max_connections_per_client" in event["reason"]
+
+
+def close_in_the_handshakes_last_segment(port: int, ca: Path) -> None:
+    """Finish the TLS handshake and send close_notify in the same segment: the session's
+    coroutine is cancelled before it starts (a TLS health probe does this)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(ca)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=HOSTNAME)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if outgoing.pending:
+                    raw.sendall(outgoing.read())
+                data = raw.recv(65536)
+                if not data:
+                    raise ConnectionError("closed during the handshake") from None
+                incoming.write(data)
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.unwrap()
+        raw.sendall(outgoing.read())  # the client's Finished and close_notify together
+        closed_by_server(raw)
+
+
+def test_connections_closed_at_once_give_their_slots_back(
+    make_gateway, sink: Sink, tls: TLSFiles
+) -> None:
+    """The review found each such connection kept its slot for ever: three of them locked
+    the client out of every listener until a restart."""
+    gateway = tls_gateway(make_gateway, sink, tls, max_connections_per_client=3)
+    for _ in range(3):
+        close_in_the_handshakes_last_segment(gateway.implicit_tls_port, tls.ca)
+    deadline = time.monotonic() + 10
+    greeting = b""
+    while time.monotonic() < deadline:
+        with socket.create_connection(("127.0.0.1", gateway.inbound_port), timeout=5) as plain:
+            greeting = read_reply(plain)
+        if greeting.startswith(b"220"):
+            break
+        time.sleep(0.1)
+    assert greeting.startswith(b"220"), greeting
+    assert "Traceback" not in gateway.serve_log()

@@ -3,6 +3,7 @@ but never once per event (emit runs on the event loop)."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -113,3 +114,24 @@ def test_a_failing_fsync_does_not_stop_the_syncing_thread(
         wait_for(lambda: spy.fail == 0 and spy.count >= 1)  # failed once, then synced
     finally:
         log.close()
+
+
+def test_a_failing_write_is_counted_never_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full log disk must not turn a delivered message into a 451 (the sender would
+    send it again) nor stop the gateway's background tasks."""
+    events = EventLog(tmp_path)
+
+    def disk_full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("gateway.events.writer.os.write", disk_full)
+    record = events.emit("message_accepted", queue_id="Q1")
+    assert record["queue_id"] == "Q1"
+    assert events.write_failures == 1
+    monkeypatch.undo()
+    events.emit("delivered", queue_id="Q1")
+    events.close()
+    lines = "".join(p.read_text() for p in tmp_path.glob("events-*.jsonl")).splitlines()
+    assert [json.loads(line)["event"] for line in lines] == ["delivered"]

@@ -11,7 +11,9 @@ from gateway import runtime as runtime_module
 from gateway.directory.mailboxes import Directory
 from gateway.runtime import Runtime
 from gateway.smtp.server import ConnectionLimiter
-from tests.unit.fakes import make_config
+from gateway.spool import Body
+from tests.integration.harness import render_toml
+from tests.unit.fakes import MINIMAL_CONFIG, FakeDeliverer, make_config
 
 
 async def test_reload_keeps_the_config_on_an_unexpected_exception(
@@ -49,3 +51,25 @@ def test_each_listener_has_its_own_cap_inside_the_global_one() -> None:
     # 192.0.2.1 holds one slot on each listener: the per-client cap counts both.
     assert submission.acquire("192.0.2.1") == "smtp.max_connections_per_client"
     assert total.active == 2 and inbound.active == 1 and submission.active == 1
+
+
+async def test_a_reload_that_adds_a_domain_routes_it_locally(tmp_path: Path) -> None:
+    """The review: a kept router routed by the old domain list, so mail for a domain
+    added by SIGHUP went to the outbound hop (and a removed one to the local store)."""
+    config = make_config(tmp_path)
+    config.path.write_text(config_text(["example.gov.vn"]))
+    runtime = Runtime(config, Directory.for_data_dir(config.gateway.data_dir))
+    router = runtime.relay.router
+    router.local, router.outbound = FakeDeliverer("maildir:x"), FakeDeliverer("smtp://y:25")
+    config.path.write_text(config_text(["example.gov.vn", "new.gov.vn"]))
+    assert await runtime.reload() is True
+    assert runtime.relay.router is router  # same hops: the router (and its pools) stays
+    outcomes = await router.deliver("a@other.org", ["x@new.gov.vn"], Body.from_bytes(b"\r\n"))
+    assert outcomes["x@new.gov.vn"].hop == "maildir:x"
+    await runtime.close()
+
+
+def config_text(domains: list[str]) -> str:
+    sections = {name: dict(values) for name, values in MINIMAL_CONFIG.items()}
+    sections["gateway"]["domains"] = domains
+    return render_toml(sections)
