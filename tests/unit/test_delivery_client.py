@@ -160,6 +160,7 @@ class FakeServer:
         self.after_transaction: Callable[[asyncio.StreamWriter], Awaitable[None]] | None = None
         self.extra_extensions: list[bytes] = []  # offered after the usual ones in EHLO
         self.extra_reply: bytes | None = None  # a buggy hop: one more reply after the last
+        self.starttls_reply: bytes | None = None  # answer to STARTTLS (no TLS follows)
         self.hold_final: asyncio.Event | None = None  # final replies wait for this
         self.dot_seen = asyncio.Event()  # a body's final dot arrived
         self.connections = 0
@@ -266,6 +267,8 @@ class FakeServer:
                         await self.after_transaction(writer)
                         return
                     continue
+                elif command.upper() == b"STARTTLS" and self.starttls_reply is not None:
+                    held.append(self.starttls_reply)
                 elif verb == b"RSET":
                     held.append(b"250 2.0.0 OK")
                 elif verb == b"QUIT":
@@ -850,3 +853,15 @@ async def test_maildir_write_failure_is_temporary(tmp_path: Path) -> None:
     assert (reply.code, reply.status) == (451, "4.3.0")
     assert reply.is_temporary
     assert os.path.isfile(root)
+
+
+async def test_plaintext_after_the_starttls_go_ahead_poisons_the_connection(
+    server: FakeServer,
+) -> None:
+    """Bytes that follow STARTTLS's 220 in plain text (a man in the middle injecting
+    replies, CVE-2011-0411) must not be read as answers inside the TLS session."""
+    server.extra_extensions = [b"STARTTLS"]
+    server.starttls_reply = b"220 2.0.0 Ready\r\n250 2.0.0 injected"
+    with pytest.raises(NextHopError, match="before the TLS handshake"):
+        await pool_for(server).send("a@b.test", ["x@c.test"], Body.from_bytes(b"x\r\n"))
+    assert server.transactions == []
