@@ -29,6 +29,7 @@ from gateway.filters import sender_identity  # noqa: F401  (registers the filter
 from gateway.pipeline import REGISTRY, EnabledFilter
 from gateway.queue import QueueRunner
 from gateway.relay import Relay, RelaySettings
+from gateway.smtp import replies
 from gateway.smtp.data import DataLimits
 from gateway.smtp.handler import SessionHandler
 from gateway.smtp.inbound import InboundHandler
@@ -260,6 +261,22 @@ class Runtime:
         self._sessions.add(session)
         return session
 
+    def close_idle_sessions(self) -> int:
+        """At shutdown, sessions between transactions get 421 and are closed now, so a
+        client keeping its connection open does not hold the shutdown for the whole grace
+        (RFC 5321 3.8); those in a transaction get the grace to finish it."""
+        closed = 0
+        goodbye = f"{replies.SHUTTING_DOWN}\r\n".encode()
+        for session in list(self._sessions):
+            envelope = session.envelope
+            in_transaction = envelope is not None and envelope.mail_from is not None
+            if session.transport is None or session.relaying or in_transaction:
+                continue
+            session.transport.write(goodbye)
+            session.transport.close()
+            closed += 1
+        return closed
+
     def close_sessions(self) -> int:
         """Past the shutdown grace: close what is still connected (none of it holds a 250
         it has not been told; relays run on their own and were waited for)."""
@@ -351,6 +368,7 @@ async def serve(config: Config, directory: Directory | None = None) -> None:
                 server.close()
             deadline = loop.time() + SHUTDOWN_GRACE_SECONDS
             runtime.queue.stop()  # attempts under way finish: cutting one could double it
+            runtime.close_idle_sessions()
             await _drain_sessions(runtime, deadline)
             await runtime.finish_relays(deadline)
             await asyncio.wait({queue}, timeout=max(deadline - loop.time(), 0.1))

@@ -224,6 +224,45 @@ class Gateway:
         return "\n".join(texts)
 
 
+class RawClient:
+    """A line-level SMTP client for sequences smtplib refuses to send; every reply read
+    belongs to the command just sent."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buffer = b""
+        self.greeting = self.reply()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> str:
+        lines = []
+        while True:
+            while b"\r\n" not in self.buffer:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError(f"closed after {lines!r}")
+                self.buffer += chunk
+            line, self.buffer = self.buffer.split(b"\r\n", 1)
+            lines.append(line.decode())
+            if line[3:4] != b"-":
+                return "\n".join(lines)
+
+    def command(self, line: str | bytes) -> str:
+        self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
+        return self.reply()
+
+    def envelope(self, sender: str = "a@other.org", rcpt: str = "bob@example.gov.vn") -> None:
+        assert self.command("EHLO client.test").startswith("250")
+        assert self.command(f"MAIL FROM:<{sender}>").startswith("250")
+        assert self.command(f"RCPT TO:<{rcpt}>").startswith("250")
+        assert self.command("DATA").startswith("354")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 @dataclass
 class Received:
     sender: str

@@ -5,49 +5,21 @@ refused at MAIL on the inbound listener."""
 from __future__ import annotations
 
 import base64
-import socket
 import threading
 
 import pytest
 
 from gateway.smtp import replies
-from tests.integration.harness import Gateway, Sink
+from tests.integration.harness import Gateway, RawClient, Sink
 
 USER, PASSWORD = "bich.ngoc@example.gov.vn", "Giay-phep-9x"
 # What a user types into the name field when the client asks for the password first.
 TYPED_PASSWORD = "Sup3r$ecret!Pass"
 
 
-class RawClient:
-    """Line-level SMTP: every reply read belongs to the command just sent."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buffer = b""
-        self.greeting = self.reply()
-
-    def reply(self) -> str:
-        lines = []
-        while True:
-            while b"\r\n" not in self.buffer:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError(f"closed after {lines!r}")
-                self.buffer += chunk
-            line, self.buffer = self.buffer.split(b"\r\n", 1)
-            lines.append(line.decode())
-            if line[3:4] != b"-":
-                return "\n".join(lines)
-
-    def command(self, line: str | bytes) -> str:
-        self.sock.sendall((line.encode() if isinstance(line, str) else line) + b"\r\n")
-        return self.reply()
-
+class AuthClient(RawClient):
     def auth_plain(self, user: str, password: str) -> str:
         return self.command(f"AUTH PLAIN {plain_token(user, password)}")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def plain_token(user: str, password: str) -> str:
@@ -68,7 +40,7 @@ def gateway(make_gateway, sink: Sink) -> Gateway:
 
 
 def ehlo(gateway: Gateway) -> RawClient:
-    client = RawClient(gateway.submission_port)
+    client = AuthClient(gateway.submission_port)
     assert "AUTH" in client.command("EHLO client.test")
     return client
 
@@ -200,7 +172,7 @@ def test_parallel_guesses_get_no_extra_tries(make_gateway, sink: Sink) -> None:
 
 
 def test_size_over_the_limit_is_refused_at_mail(gateway: Gateway) -> None:
-    client = RawClient(gateway.inbound_port)
+    client = AuthClient(gateway.inbound_port)
     try:
         client.command("EHLO client.test")
         reply = client.command("MAIL FROM:<a@other.org> SIZE=999999999")

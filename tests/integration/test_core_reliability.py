@@ -20,8 +20,8 @@ import trustme
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from tests.integration.harness import REPO, Gateway, Sink, free_port, wait_for_port
-from tests.integration.test_smtp_protocol import MESSAGE, RawClient
+from tests.integration.harness import REPO, Gateway, RawClient, Sink, free_port, wait_for_port
+from tests.integration.test_smtp_protocol import MESSAGE
 
 
 def wait_until(condition, timeout: float = 15.0, what: str = "condition") -> None:
@@ -144,6 +144,18 @@ def test_sigterm_lets_a_queue_attempt_under_way_finish(make_gateway, sink: Sink)
         ["bob@example.gov.vn"],
     ]
     assert gateway.queued_entries() == [], "the attempt finished and its entry is gone"
+
+
+def test_sigterm_closes_idle_sessions_at_once(gateway: Gateway) -> None:
+    """A client keeping an idle connection open held the shutdown for the whole 30 s."""
+    client = RawClient(gateway.inbound_port)
+    assert client.command("EHLO client.test").startswith("250")
+    started = time.monotonic()
+    gateway.signal(signal.SIGTERM)
+    assert client.reply().startswith("421 4.3.2")
+    client.close()
+    assert gateway.stop() == 0
+    assert time.monotonic() - started < 10
 
 
 # -- duplicate recipients -------------------------------------------------------------------

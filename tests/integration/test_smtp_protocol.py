@@ -11,50 +11,12 @@ import time
 import pytest
 
 from gateway.smtp import replies
-from tests.integration.harness import Gateway, Sink
+from tests.integration.harness import Gateway, RawClient, Sink
 
 MESSAGE = (
     b"From: a@other.org\r\nTo: bob@example.gov.vn\r\nSubject: test\r\n"
     b"Message-ID: <m1@other.org>\r\n\r\nHello\r\n"
 )
-
-
-class RawClient:
-    """A line-level SMTP client for sequences smtplib refuses to send."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buffer = b""
-        self.greeting = self.reply()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self) -> str:
-        lines = []
-        while True:
-            while b"\r\n" not in self.buffer:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError(f"closed after {lines!r}")
-                self.buffer += chunk
-            line, self.buffer = self.buffer.split(b"\r\n", 1)
-            lines.append(line.decode())
-            if line[3:4] != b"-":
-                return "\n".join(lines)
-
-    def command(self, line: str) -> str:
-        self.send(line.encode() + b"\r\n")
-        return self.reply()
-
-    def envelope(self, sender: str = "a@other.org", rcpt: str = "bob@example.gov.vn") -> None:
-        assert self.command("EHLO client.test").startswith("250")
-        assert self.command(f"MAIL FROM:<{sender}>").startswith("250")
-        assert self.command(f"RCPT TO:<{rcpt}>").startswith("250")
-        assert self.command("DATA").startswith("354")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def test_ehlo_advertises_the_extensions(gateway: Gateway) -> None:
