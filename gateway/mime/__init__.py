@@ -1,0 +1,1 @@
+"""The one safe MIME parse every content rule reads (see ``model.py`` for what it yields)."""

@@ -1,0 +1,63 @@
+"""What the one MIME parse yields: plain, picklable values the filters read.
+
+The parse runs in a worker process (``gateway/mime/pool.py``) and crosses back as
+these frozen dataclasses; filters never see ``email.message`` objects, so no filter
+can trigger a second parse or a lazy decode on the event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class InspectionLimits:
+    """Caps that keep one message from costing more than its share of memory and CPU.
+
+    Past a cap the part cannot be inspected, and the message is refused (5xx naming
+    the rule): a part is never passed unread.
+    """
+
+    max_parts: int = 5000  # MIME parts per message, all depths
+    max_depth: int = 64  # nesting of multiparts and message/rfc822
+    max_rfc822_depth: int = 16  # forwarded messages within forwarded messages
+    max_part_text: int = 4 * 1024 * 1024  # characters of text kept per part
+    max_message_text: int = 16 * 1024 * 1024  # characters of text kept per message
+    max_inflated_member: int = 64 * 1024 * 1024  # bytes one archive member may inflate to
+    max_inflated_total: int = 128 * 1024 * 1024  # bytes all members of a part may inflate to
+    max_archive_members: int = 10_000
+    seconds: float = 60.0  # wall-clock budget for the whole inspection
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One leaf or container of the MIME tree."""
+
+    path: str  # position in the tree: "1", "1.2", "1.2.1" (RFC 3501 section numbering)
+    content_type: str  # as declared, lower case ("application/octet-stream")
+    sniffed_type: str | None  # from the decoded bytes' magic ("application/zip"), if known
+    filename: str | None  # RFC 2231 / RFC 2047 decoded, NFC; None if the part has none
+    disposition: str | None  # "attachment", "inline" or None
+    decoded_size: int  # bytes after base64/quoted-printable decoding
+    is_attachment: bool  # counts towards the attachment cap (MIC 8.3.b)
+    rfc822_depth: int = 0  # 0 in the message itself, 1 inside a forwarded message...
+
+
+@dataclass(frozen=True, slots=True)
+class TextSource:
+    """Text found in the message, NFC-normalised, with where it was found."""
+
+    location: str  # for replies and events: "subject", "body", "attachment bao-cao.docx"...
+    text: str
+    kind: str  # "subject", "header", "body", "filename", "attachment"
+    part: str | None = None  # Part.path it came from, if any
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    parts: tuple[Part, ...]
+    texts: tuple[TextSource, ...]
+    attachment_bytes: int  # decoded bytes of every attachment part, all depths
+    # Why some part could not be inspected within the caps or at all; non-empty means
+    # the message must be refused ("cannot inspect ...").
+    problems: tuple[str, ...] = field(default_factory=tuple)
