@@ -32,7 +32,7 @@ class MessageContext:
 
     queue_id: str
     session_id: str
-    listener: str  # "inbound" or "submission"
+    listener: str  # "inbound", "submission" (STARTTLS) or "submissions" (implicit TLS)
     client: str
     user: str | None
     sender: str

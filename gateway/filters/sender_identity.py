@@ -21,7 +21,7 @@ class Config:
 
 @register("sender_identity", Config)
 async def check(ctx: MessageContext, cfg: Config) -> Verdict:
-    if ctx.listener != "submission":
+    if ctx.user is None:  # inbound: no login, nothing to hold From: against
         return Verdict.accept()
     values = ctx.headers.get_all("From") or []
     addresses = [address.lower() for _, address in getaddresses([str(v) for v in values])]

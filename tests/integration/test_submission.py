@@ -129,3 +129,18 @@ def test_swaks_submission_with_starttls_and_auth(tls_gateway: Gateway, sink: Sin
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:]
     assert sink.wait_messages(1)[0].recipients == ["partner@other.org"]
+
+
+def test_from_header_is_checked_on_the_implicit_tls_listener_too(
+    tls_gateway: Gateway, sink: Sink
+) -> None:
+    """The implicit-TLS listener has its own name in events; the From: rule must not
+    mistake it for inbound mail and let a forged From: through."""
+    forged = b"From: someone.else@example.gov.vn\r\nSubject: s\r\n\r\nhi\r\n"
+    port = implicit_port(tls_gateway)
+    with smtplib.SMTP_SSL("127.0.0.1", port, context=client_context()) as client:
+        client.login(USER, PASSWORD)
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail(USER, ["bob@example.gov.vn"], forged)
+    assert refused.value.smtp_code == 550 and b"[sender_identity]" in refused.value.smtp_error
+    assert sink.messages == []
