@@ -73,6 +73,8 @@ BAD_ADDRESS = Reply(501, "5.1.3", "Bad address syntax")
 BAD_MAILBOX_NAME = Reply(550, "5.1.3", "Mailbox name not allowed")
 SENDING_LOCKED = Reply(550, "5.7.1", "Sending is locked for this mailbox")
 SENDER_NOT_ALLOWED = Reply(550, "5.7.1", "Sender address not allowed for this login")
+# MIC 4.1, MOST 17.1: the reason names the level and where, never the content.
+CLASSIFIED = Reply(550, "5.7.1", "Classified content may not be sent by e-mail")
 AUTH_THROTTLED = Reply(454, "4.7.0", "Too many failed logins, try again later")
 AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
 # Only ever given to someone who proved the password: the lock itself is no secret to them.

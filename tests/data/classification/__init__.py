@@ -1,0 +1,1 @@
+"""The secret-classification corpus (corpus.py builds it)."""
