@@ -191,14 +191,14 @@ def report(
         }
     )
     figures = {
-        "gateway_plain_ge_2.0x_postfix": f"{fmt(gw_pf, '.2f')}x",
-        "gateway_docx_ge_1.0x_postfix": f"{fmt(dgw_pf, '.2f')}x",
+        "gateway_plain_ge_2.0x_postfix": fmt(gw_pf, ".2f") + "x" * (gw_pf is not None),
+        "gateway_docx_ge_1.0x_postfix": fmt(dgw_pf, ".2f") + "x" * (dgw_pf is not None),
         "bombs_peak_rss_le_512mib": ", ".join(
             f"{b['name']} {fmt(b.get('peak_rss_mib'), '.0f')} MiB"  # type: ignore[arg-type]
             for b in bombs
         )
         or "-",
-        "gateway_big_message_le_1x": f"{fmt(big_growth, '.2f')}x",
+        "gateway_big_message_le_1x": fmt(big_growth, ".2f") + "x" * (big_growth is not None),
     }
     print()
     print("Targets (gateway with its default filters, same run):")

@@ -57,6 +57,8 @@ class RunResult:
 
 def pick_median(runs: list[RunResult]) -> RunResult:
     """The round with the median msgs/s (lower median), annotated with every round's figure."""
+    if all(r.skipped for r in runs):
+        return runs[0]  # one skip, reused for every round: nothing to annotate
     ok = sorted((r for r in runs if r.ok), key=lambda r: r.msgs_per_s or 0.0)
     chosen = ok[(len(ok) - 1) // 2] if ok else runs[-1]
     chosen.rounds_msgs_per_s = [r.msgs_per_s for r in runs]
