@@ -213,6 +213,7 @@ def test_file_names_with_ordinary_words_pass() -> None:
         "Mật ong.jpg",
         "Nguyen Thi Mat - CV.docx",
         "toi_mat_vi.txt",
+        "TOI_MATLAB_NOTES.txt",
         "Luat-bao-ve-bi-mat-nha-nuoc-2018.pdf",
     ):
         assert level(filename(name)) is None, name
@@ -462,7 +463,7 @@ def test_corpus_messages_decode_to_their_subjects() -> None:
 
 def _inspect_body():
     """The one MIME parse, being written now (gateway/mime); skip until it lands."""
-    for name in ("gateway.mime", "gateway.mime.inspect", "gateway.mime.extract"):
+    for name in ("gateway.mime.parse", "gateway.mime", "gateway.mime.inspect"):
         try:
             found = getattr(importlib.import_module(name), "inspect_body", None)
         except ImportError:
