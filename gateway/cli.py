@@ -30,7 +30,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.admin import Admin, CommandError, add_directory_commands
-from gateway.config import DEFAULT_CONFIG, Config, ConfigError, check_ports_free, load_config
+from gateway.config import (
+    DEFAULT_CONFIG,
+    Config,
+    ConfigError,
+    advisories,
+    check_ports_free,
+    load_config,
+)
 from gateway.directory.lifecycle import apply_lifecycle
 from gateway.directory.mailboxes import (
     Directory,
@@ -89,7 +96,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"error: {problem}")
     try:
-        warnings = _data_report(config)
+        warnings = advisories(config) + _data_report(config)
     except Exception as exc:
         print(f"config error: {args.config}: {_why(exc)}")
         return 2

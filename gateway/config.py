@@ -148,6 +148,7 @@ class Config:
     queue: QueueSection
     auth: AuthSection
     imap: ImapSection | None = None
+    filters: Any = None  # filter_config.FiltersSection: the policy filters, in run order
 
     @property
     def spool_dir(self) -> Path:
@@ -377,7 +378,7 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
     """Validate parsed TOML; raises ConfigError listing every mistake."""
     reader = _Reader(path.parent)
     for name in data:
-        if name not in _SECTIONS:
+        if name not in _SECTIONS and name != "filters":
             close = difflib.get_close_matches(name, _SECTIONS, n=1)
             hint = f'; did you mean "[{close[0]}]"?' if close else ""
             reader.fail(name, f"unknown section{hint}; known: {', '.join(_SECTIONS)}")
@@ -391,13 +392,16 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
             sections[name] = None if name == "imap" else {}
     _check_relations(reader, sections)
     _check_delivery_tls(reader, sections.get("delivery") or {})
+    from gateway.filter_config import read_filters  # imports every filter module
+
+    filters = read_filters(data.get("filters"), reader.fail)
     if reader.problems:
         raise ConfigError(reader.problems)
     built = {
         name: (_SECTIONS[name][0](**values) if values is not None else None)
         for name, values in sections.items()
     }
-    return Config(path=path, **built)
+    return Config(path=path, filters=filters, **built)
 
 
 def _check_relations(reader: _Reader, sections: dict[str, Any]) -> None:
@@ -454,6 +458,22 @@ def _check_delivery_tls(reader: _Reader, delivery: dict[str, Any]) -> None:
                 f'"{level}" applies to smtp:// next hops only and delivery.{hop} is {target}; '
                 "remove the key",
             )
+
+
+def advisories(config: Config) -> list[str]:
+    """Settings that are valid but probably not meant, for ``check-config`` to warn about."""
+    found = []
+    cap = config.filters.settings("attachment_cap")
+    if cap is not None:
+        # base64 is 4/3 of the bytes plus line ends (~1.37x); headers and text need room.
+        needed = cap.max_bytes * 137 // 100 + 1024 * 1024
+        if config.smtp.max_message_size < needed:
+            found.append(
+                f"smtp.max_message_size ({config.smtp.max_message_size}) refuses messages"
+                f" carrying the {cap.max_bytes} bytes of attachments that"
+                f" filters.attachment_cap.max_bytes allows; for that, write at least {needed}"
+            )
+    return found
 
 
 def load_config(path: Path) -> Config:

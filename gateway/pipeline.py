@@ -2,26 +2,33 @@
 
 Filters (``gateway/filters/<name>.py``) register themselves with ``@register``; the
 runner calls the enabled ones in configured order and stops at the first
-reject or tempfail. A filter that raises gives a tempfail naming it, never a
-silent accept: a broken policy must not wave mail through.
+reject or tempfail. A verdict may also *transform* the message: add or remove header
+fields, replace the recipients (group expansion) or the body (signing); later filters
+and the delivery see the result. A filter that raises gives a tempfail naming it,
+never a silent accept: a broken policy must not wave mail through. A message the one
+MIME parse cannot read within its caps is refused (5xx): never passed unread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.parser
 import email.policy
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 from enum import Enum
 from functools import cached_property
 from typing import Any
 
+from gateway.mime.model import Inspection
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
 from gateway.spool import Body
+
+Inspect = Callable[[Body], Awaitable[Inspection]]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,24 @@ class MessageContext:
     received_at: datetime
     # Addresses the authenticated user may send as (itself and delegated unit mailboxes).
     sender_identities: frozenset[str] = frozenset()
+    # The one MIME parse (gateway/mime), run at most once, when a filter first asks.
+    inspector: Inspect | None = None
+    _inspection: asyncio.Future[Inspection] | None = field(default=None, init=False, repr=False)
+    # Header field edits the filters asked for, applied to the body before delivery.
+    header_edits: list[HeaderEdit] = field(default_factory=list)
+
+    async def inspection(self) -> Inspection:
+        """The parsed message (parts, texts, attachment bytes), computed once and shared:
+        filters asking together wait for the same parse. Raises Uninspectable when the
+        parse could not read the message within its caps."""
+        if self._inspection is None:
+            if self.inspector is None:
+                raise RuntimeError("no MIME inspector configured")
+            self._inspection = asyncio.ensure_future(self.inspector(self.body))
+        found = await asyncio.shield(self._inspection)
+        if found.problems:
+            raise Uninspectable("; ".join(found.problems))
+        return found
 
     @cached_property
     def headers(self) -> EmailMessage:
@@ -76,8 +101,22 @@ def first_header(section: bytes, name: bytes) -> str | None:
     return None
 
 
+class Uninspectable(Exception):
+    """The message cannot be read within the inspection caps: refuse it (5xx)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderEdit:
+    """Add ``name: value`` on top of the header section, or (value None) remove every
+    ``name`` field."""
+
+    name: str
+    value: str | None = None
+
+
 class Action(Enum):
     ACCEPT = "accept"
+    TRANSFORM = "transform"
     REJECT = "reject"
     TEMPFAIL = "tempfail"
 
@@ -88,10 +127,33 @@ class Verdict:
     reply: Reply | None = None
     rule: str | None = None
     reason: str | None = None
+    header_edits: tuple[HeaderEdit, ...] = ()
+    recipients: tuple[str, ...] | None = None  # replaces the recipient list when set
+    body: Body | None = None  # replaces the body when set
 
     @classmethod
     def accept(cls) -> Verdict:
         return cls(Action.ACCEPT)
+
+    @classmethod
+    def transform(
+        cls,
+        rule: str,
+        reason: str,
+        *,
+        header_edits: Sequence[HeaderEdit] = (),
+        recipients: Sequence[str] | None = None,
+        body: Body | None = None,
+    ) -> Verdict:
+        """Accept, changed: later filters and the delivery see the change."""
+        return cls(
+            Action.TRANSFORM,
+            rule=rule,
+            reason=reason,
+            header_edits=tuple(header_edits),
+            recipients=None if recipients is None else tuple(recipients),
+            body=body,
+        )
 
     @classmethod
     def reject(cls, reply: Reply, rule: str, reason: str) -> Verdict:
@@ -105,21 +167,36 @@ class Verdict:
 FilterCheck = Callable[[MessageContext, Any], Awaitable[Verdict]]
 
 
+Validate = Callable[[Any], list[str]]
+
+
 @dataclass(frozen=True, slots=True)
 class FilterSpec:
     name: str
     config_type: type
     check: FilterCheck
+    default_on: bool = True  # runs with no [filters.NAME] section at all
+    always: bool = False  # not configurable: runs first, whatever the config says
+    # Checks beyond the field types (e.g. patterns that must compile): "key: problem; fix".
+    validate: Validate | None = None
 
 
 REGISTRY: dict[str, FilterSpec] = {}
 
 
-def register(name: str, config_type: type) -> Callable[[FilterCheck], FilterCheck]:
-    """Class-free registration: one name for module, config table and registry entry."""
+def register(
+    name: str,
+    config_type: type,
+    *,
+    default_on: bool = True,
+    always: bool = False,
+    validate: Validate | None = None,
+) -> Callable[[FilterCheck], FilterCheck]:
+    """Class-free registration: one name for module, config table and registry entry.
+    Registration order (gateway/filters/__init__.py) is the default run order."""
 
     def decorate(check: FilterCheck) -> FilterCheck:
-        REGISTRY[name] = FilterSpec(name, config_type, check)
+        REGISTRY[name] = FilterSpec(name, config_type, check, default_on, always, validate)
         return check
 
     return decorate
@@ -131,14 +208,39 @@ class EnabledFilter:
     config: Any
 
 
-async def run_filters(ctx: MessageContext, enabled: Sequence[EnabledFilter]) -> Verdict:
-    """Run filters in order; the first non-accept verdict wins."""
+Transformed = Callable[[MessageContext, Verdict], None]
+
+
+async def run_filters(
+    ctx: MessageContext,
+    enabled: Sequence[EnabledFilter],
+    on_transform: Transformed | None = None,
+) -> Verdict:
+    """Run filters in order; the first reject or tempfail wins. Transforms are applied
+    to ``ctx`` as they come (``on_transform`` records each one)."""
     for item in enabled:
         try:
             verdict = await item.spec.check(ctx, item.config)
+        except Uninspectable as exc:
+            return Verdict.reject(replies.CANNOT_INSPECT, "inspection", str(exc))
         except Exception:
             log.exception("filter %s failed on %s", item.spec.name, ctx.queue_id)
             return Verdict.tempfail(replies.LOCAL_ERROR, item.spec.name, "filter error")
-        if verdict.action is not Action.ACCEPT:
+        if verdict.action is Action.TRANSFORM:
+            apply_transform(ctx, verdict)
+            if on_transform is not None:
+                on_transform(ctx, verdict)
+        elif verdict.action is not Action.ACCEPT:
             return verdict
     return Verdict.accept()
+
+
+def apply_transform(ctx: MessageContext, verdict: Verdict) -> None:
+    ctx.header_edits.extend(verdict.header_edits)
+    if verdict.recipients is not None:
+        ctx.recipients = list(verdict.recipients)
+    if verdict.body is not None:
+        ctx.body = verdict.body
+        ctx._inspection = None  # a new body is a new message to inspect
+        ctx.__dict__.pop("headers", None)
+        ctx.__dict__.pop("message_id", None)

@@ -22,10 +22,10 @@ from gateway.bounces import Bouncer
 from gateway.delivery import Router
 from gateway.events.writer import EventLog
 from gateway.outcomes import OutcomeLog, Split, failure_of
-from gateway.pipeline import Action, EnabledFilter, MessageContext, run_filters
+from gateway.pipeline import Action, EnabledFilter, MessageContext, Verdict, run_filters
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
-from gateway.spool import QueueEntry, Spool
+from gateway.spool import Body, QueueEntry, Spool
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Relay:
 
     async def _handle(self, ctx: MessageContext) -> Reply:
         settings, router = self.settings, self.router
-        verdict = await run_filters(ctx, settings.filters)
+        verdict = await run_filters(ctx, settings.filters, self._transformed)
         if verdict.action is not Action.ACCEPT:
             assert verdict.reply is not None
             event = "message_tempfailed" if verdict.reply.is_temporary else "message_rejected"
@@ -93,6 +93,8 @@ class Relay:
             )
             self._emit_end(ctx, "message_rejected", reply, reason=reply.text)
             return reply
+        if ctx.header_edits:
+            ctx.body = await asyncio.to_thread(self._edited_body, ctx)
         outcomes = await router.deliver(ctx.sender, ctx.recipients, ctx.body)
         split = Split.of(outcomes)
         self.outcomes.hops(ctx.queue_id, ctx.message_id, ctx.sender, split)
@@ -124,6 +126,22 @@ class Relay:
         reply = replies.QUEUED.with_text(f"{replies.QUEUED.text} {ctx.queue_id}")
         self._emit_end(ctx, "message_accepted", reply)
         return reply
+
+    def _transformed(self, ctx: MessageContext, verdict: Verdict) -> None:
+        """Every verdict that is not a plain accept is an event, transforms included."""
+        self.events.emit(
+            "message_transformed",
+            session=ctx.session_id,
+            queue_id=ctx.queue_id,
+            message_id=ctx.message_id,
+            recipients=ctx.recipients if verdict.recipients is not None else None,
+            reason=f"[{verdict.rule}] {verdict.reason}",
+        )
+
+    def _edited_body(self, ctx: MessageContext) -> Body:
+        add = [(e.name, e.value) for e in ctx.header_edits if e.value is not None]
+        remove = frozenset(e.name.lower() for e in ctx.header_edits if e.value is None)
+        return self.spool.with_header_edits(ctx.body, add, remove, ctx.queue_id)
 
     async def _keep_the_rest(
         self, ctx: MessageContext, split: Split, settings: RelaySettings

@@ -25,8 +25,9 @@ from gateway.delivery import Router
 from gateway.directory.cache import AcceptedRecipients
 from gateway.directory.mailboxes import Directory, DirectoryError
 from gateway.events.writer import EventLog
-from gateway.filters import sender_identity  # noqa: F401  (registers the filter)
-from gateway.pipeline import REGISTRY, EnabledFilter
+from gateway.mime.model import Inspection
+from gateway.mime.pool import Inspector
+from gateway.pipeline import EnabledFilter
 from gateway.queue import QueueRunner
 from gateway.relay import Relay, RelaySettings
 from gateway.smtp import replies
@@ -37,7 +38,7 @@ from gateway.smtp.replies import Reply
 from gateway.smtp.server import ConnectionLimiter, GatewaySMTP, Limits
 from gateway.smtp.submission import SubmissionHandler
 from gateway.smtp.tls_accept import ImplicitTLSAcceptor
-from gateway.spool import Spool
+from gateway.spool import Body, Spool
 from gateway.tls import server_context
 
 log = logging.getLogger("gateway")
@@ -69,10 +70,8 @@ def limits_of(config: Config) -> Limits:
 
 
 def enabled_filters(config: Config) -> tuple[EnabledFilter, ...]:
-    """The filters to run, in order: the directory's sender rule first (always on); the
-    policy-filter issue adds the configurable ones after it."""
-    spec = REGISTRY["sender_identity"]
-    return (EnabledFilter(spec, spec.config_type()),)
+    """The filters to run, in order (``[filters]``; gateway/filter_config.py)."""
+    return config.filters.enabled
 
 
 def relay_settings(config: Config) -> RelaySettings:
@@ -114,6 +113,7 @@ class Runtime:
             config.auth.failure_window_seconds,
         )
         self.authenticator = Authenticator(self.directory, self.throttle)
+        self.inspector = Inspector()  # the one MIME parse, on threads and worker processes
         self.relay = Relay(
             config.gateway.hostname,
             Router(config),
@@ -127,6 +127,9 @@ class Runtime:
         self._sessions: weakref.WeakSet[GatewaySMTP] = weakref.WeakSet()
         self._retired_routers: set[asyncio.Task[Any]] = set()
         self._listeners = self._make_listeners()
+
+    async def inspect(self, body: Body) -> Inspection:
+        return await self.inspector.inspect(body)
 
     # -- relays that outlive their session ---------------------------------------------
 
@@ -305,6 +308,7 @@ class Runtime:
     async def close(self) -> None:
         await self.relay.router.close()
         self.authenticator.close()  # no argon2 thread left reading the directory
+        self.inspector.close()
         self.directory.close()
         self.events.close()
 

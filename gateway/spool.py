@@ -20,7 +20,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -41,6 +41,23 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def drop_fields(section: bytes, names: frozenset[str]) -> bytes:
+    """``section`` without the fields called one of ``names`` (lower case), folded
+    continuation lines included (RFC 5322 2.2.3)."""
+    kept: list[bytes] = []
+    dropping = False
+    for line in section.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        name = line.split(b":", 1)[0].strip().lower().decode("latin-1")
+        dropping = bool(line) and name in names
+        if not dropping:
+            kept.append(line)
+    return b"\r\n".join(kept)
 
 
 def header_section(data: bytes) -> bytes:
@@ -78,6 +95,11 @@ class Body:
     @classmethod
     def from_file(cls, path: Path, headers: bytes) -> Body:
         return cls(path.stat().st_size, headers, None, path)
+
+    @property
+    def prefix(self) -> bytes:
+        """Header fields that go on top of a spilled body's file (empty in memory)."""
+        return self._prefix
 
     @property
     def in_memory(self) -> bool:
@@ -204,6 +226,35 @@ class Spool:
 
     def body_writer(self, queue_id: str, spill_threshold: int) -> BodyWriter:
         return BodyWriter(self.incoming, queue_id, spill_threshold)
+
+    def with_header_edits(
+        self, body: Body, add: Sequence[tuple[str, str]], remove: frozenset[str], queue_id: str
+    ) -> Body:
+        """A copy of ``body`` with the ``remove`` fields (lower-case names) dropped from
+        its header section and ``add`` put on top (blocking: run in a thread). A body on
+        disk is copied to a new spill file; the caller discards both when done."""
+        added = b"".join(f"{name}: {value}\r\n".encode() for name, value in add)
+
+        def edit(head: bytes) -> bytes:
+            return added + (drop_fields(head, remove) if remove else head)
+
+        if body.in_memory:
+            data = body.read()
+            cut = len(header_section(data))
+            return Body.from_bytes(edit(data[:cut]) + data[cut:])
+        target = self.incoming / f"{queue_id}.{secrets.token_hex(4)}.tmp"
+        chunks = body.line_chunks()
+        start = b""
+        for chunk in chunks:  # gather the whole header section (at most max_header_bytes)
+            start += chunk
+            if b"\r\n\r\n" in start:
+                break
+        cut = len(header_section(start))
+        with target.open("wb") as out:
+            out.write(edit(start[:cut]) + start[cut:])
+            for chunk in chunks:
+                out.write(chunk)
+        return Body.from_file(target, edit(body.headers))
 
     def body_path(self, queue_id: str) -> Path:
         return self.queue / f"{queue_id}.eml"

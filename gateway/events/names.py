@@ -28,6 +28,7 @@ KNOWN_EVENTS: tuple[str, ...] = (
     "message_accepted",
     "message_rejected",
     "message_tempfailed",
+    "message_transformed",
     "relay_cancelled",
     "client_gone",
     "delivered",

@@ -19,7 +19,7 @@ class Config:
     """Always on for submission; nothing to tune."""
 
 
-@register("sender_identity", Config)
+@register("sender_identity", Config, always=True)
 async def check(ctx: MessageContext, cfg: Config) -> Verdict:
     if ctx.user is None:  # inbound: no login, nothing to hold From: against
         return Verdict.accept()

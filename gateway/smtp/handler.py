@@ -272,6 +272,7 @@ class SessionHandler:
             body=body,
             received_at=datetime.now(UTC),
             sender_identities=session.sender_identities,
+            inspector=self.services.inspect,
         )
         task = asyncio.get_running_loop().create_task(self._relay(ctx))
         self.services.track(task)
@@ -283,6 +284,7 @@ class SessionHandler:
             raise
 
     async def _relay(self, ctx: MessageContext) -> Reply:
+        received = ctx.body  # filters may replace ctx.body: both are ours to drop
         try:
             return await self.services.relay.handle(ctx)
         except Exception as exc:  # never let a bug turn into silence or a 250
@@ -300,10 +302,11 @@ class SessionHandler:
             )
             return replies.LOCAL_ERROR
         finally:
-            if ctx.body.in_memory:
-                ctx.body.discard()
-            else:
-                await asyncio.to_thread(ctx.body.discard)
+            for body in {id(b): b for b in (received, ctx.body)}.values():
+                if body.in_memory:
+                    body.discard()
+                else:
+                    await asyncio.to_thread(body.discard)
 
     def _finished_without_client(self, ctx: MessageContext, task: asyncio.Task[Reply]) -> None:
         """The client left before hearing the answer: it will likely send again."""

@@ -63,7 +63,10 @@ BARE_LINE_ENDING = Reply(
 TOO_MANY_HEADERS = Reply(552, "5.6.0", "Too many header lines")
 HEADERS_TOO_BIG = Reply(552, "5.6.0", "Header section too large")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
+ATTACHMENTS_TOO_BIG = Reply(552, "5.3.4", "Attachments exceed the size allowed per message")
 MALFORMED_HEADERS = Reply(550, "5.6.0", "Malformed header section")
+# Never a 4xx: a message that cannot be read now will not be readable on a retry either.
+CANNOT_INSPECT = Reply(554, "5.6.0", "Cannot inspect the message content")
 
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")

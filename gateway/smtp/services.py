@@ -16,9 +16,10 @@ if TYPE_CHECKING:
     from gateway.directory.cache import AcceptedRecipients
     from gateway.directory.mailboxes import Directory
     from gateway.events.writer import EventLog
+    from gateway.mime.model import Inspection
     from gateway.pipeline import MessageContext
     from gateway.smtp.replies import Reply
-    from gateway.spool import Spool
+    from gateway.spool import Body, Spool
 
 
 class MessageRelay(Protocol):
@@ -48,6 +49,9 @@ class SmtpServices(Protocol):
 
     @property
     def authenticator(self) -> Authenticator: ...
+
+    async def inspect(self, body: Body) -> Inspection:
+        """The one MIME parse of ``body``, off the event loop."""
 
     def track(self, task: asyncio.Task[Reply]) -> None:
         """Keep a relay running after its client left; shutdown waits for it."""

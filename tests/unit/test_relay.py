@@ -18,9 +18,11 @@ import pytest
 from gateway.config import Config
 from gateway.delivery import Router
 from gateway.events.writer import EventLog
+from gateway.mime.model import Inspection
 from gateway.pipeline import (
     REGISTRY,
     EnabledFilter,
+    HeaderEdit,
     MessageContext,
     Verdict,
     register,
@@ -288,7 +290,35 @@ def test_filters() -> Iterator[Filters]:
         seen.append("boom")
         raise RuntimeError("filter bug")
 
-    names = ("test_relay_accept", "test_relay_reject", "test_relay_boom")
+    @register("test_relay_expand", RuleConfig)
+    async def expand(ctx: MessageContext, cfg: RuleConfig) -> Verdict:
+        seen.append("expand")
+        return Verdict.transform(
+            "test_relay_expand",
+            "group staff@example.gov.vn expanded",
+            recipients=["an@example.gov.vn", "chi@other.gov.vn"],
+            header_edits=[HeaderEdit("X-Expanded", "staff"), HeaderEdit("Subject")],
+        )
+
+    @register("test_relay_after", RuleConfig)
+    async def after(ctx: MessageContext, cfg: RuleConfig) -> Verdict:
+        seen.append(f"after:{','.join(ctx.recipients)}")
+        return Verdict.accept()
+
+    @register("test_relay_inspect", RuleConfig)
+    async def inspect_twice(ctx: MessageContext, cfg: RuleConfig) -> Verdict:
+        seen.append(str((await ctx.inspection()).attachment_bytes))
+        seen.append(str((await ctx.inspection()).attachment_bytes))
+        return Verdict.accept()
+
+    names = (
+        "test_relay_accept",
+        "test_relay_reject",
+        "test_relay_boom",
+        "test_relay_expand",
+        "test_relay_after",
+        "test_relay_inspect",
+    )
     yield Filters({name: EnabledFilter(REGISTRY[name], RuleConfig()) for name in names}, seen)
     for name in names:
         REGISTRY.pop(name, None)
@@ -446,3 +476,55 @@ async def test_a_cancelled_relay_records_that_it_was_cut(setup: Setup) -> None:
         await task
     (cut,) = setup.named("relay_cancelled")
     assert cut["recipients"] == ["chi@other.gov.vn"]
+
+
+async def test_a_transform_changes_recipients_and_headers_for_what_follows(
+    tmp_path: Path, test_filters: Filters
+) -> None:
+    setup = build(tmp_path, test_filters.chain("test_relay_expand", "test_relay_after"))
+    reply = await setup.relay.handle(context(["staff@example.gov.vn"]))
+    assert reply.code == 250
+    assert test_filters.seen == ["expand", "after:an@example.gov.vn,chi@other.gov.vn"]
+    assert setup.local.calls == [(SENDER, ["an@example.gov.vn"])]
+    assert setup.outbound.calls == [(SENDER, ["chi@other.gov.vn"])]
+    delivered = parse(setup.local.bodies[0])
+    assert delivered["X-Expanded"] == "staff"
+    assert delivered["Subject"] is None  # removed, folded lines and all
+    assert delivered["Message-ID"] == "<m1@example.gov.vn>"
+    assert setup.local.bodies[0].endswith(b"\r\n\r\n" + MESSAGE.split(b"\r\n\r\n", 1)[1])
+    (event,) = setup.named("message_transformed")
+    assert event["reason"] == "[test_relay_expand] group staff@example.gov.vn expanded"
+    assert event["recipients"] == ["an@example.gov.vn", "chi@other.gov.vn"]
+
+
+async def test_the_message_is_inspected_once_however_many_ask(
+    tmp_path: Path, test_filters: Filters
+) -> None:
+    calls: list[int] = []
+
+    async def inspector(body: Body) -> Inspection:
+        calls.append(1)
+        return Inspection(parts=(), texts=(), attachment_bytes=7)
+
+    setup = build(tmp_path, test_filters.chain("test_relay_inspect", "test_relay_inspect"))
+    ctx = context(["binh@example.gov.vn"])
+    ctx.inspector = inspector
+    assert (await setup.relay.handle(ctx)).code == 250
+    assert calls == [1] and test_filters.seen == ["7", "7", "7", "7"]
+
+
+async def test_a_message_that_cannot_be_inspected_is_refused_5xx(
+    tmp_path: Path, test_filters: Filters
+) -> None:
+    async def inspector(body: Body) -> Inspection:
+        return Inspection((), (), 0, problems=("part 1.2: zip member inflates past 64 MiB",))
+
+    setup = build(tmp_path, test_filters.chain("test_relay_inspect"))
+    ctx = context(["binh@example.gov.vn"])
+    ctx.inspector = inspector
+    reply = await setup.relay.handle(ctx)
+    assert (reply.code, reply.status) == (replies.CANNOT_INSPECT.code, "5.6.0")
+    assert "[inspection]" in reply.text and "inflates past 64 MiB" in reply.text
+    assert setup.local.calls == []
+    (end,) = setup.named("message_rejected")
+    assert end["reason"] == reply.text

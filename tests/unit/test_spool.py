@@ -414,3 +414,27 @@ def test_spool_creates_private_folders(tmp_path: Path) -> None:
     for folder in (made.incoming, made.queue):
         assert folder.is_dir()
         assert folder.stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("threshold", [64, 1 << 20], ids=["spilled", "in-memory"])
+def test_header_edits_remove_folded_fields_and_add_on_top(spool: Spool, threshold: int) -> None:
+    data = (
+        b"Received: from a\r\n\tby b; now\r\n"
+        b"Subject: one\r\n folded\r\n"
+        b"X-Keep: yes\r\n"
+        b"subject: two\r\n"
+        b"\r\n"
+        b"Subject: not a header, body text\r\n" + b"line\r\n" * 50
+    )
+    body = spilled_body(spool, f"QEDIT{threshold}", data, threshold=threshold)
+    edited = spool.with_header_edits(body, [("X-Group", "staff")], frozenset({"subject"}), "QE")
+    expected = (
+        b"X-Group: staff\r\nReceived: from a\r\n\tby b; now\r\nX-Keep: yes\r\n\r\n"
+        b"Subject: not a header, body text\r\n" + b"line\r\n" * 50
+    )
+    assert edited.read() == expected
+    assert edited.headers.startswith(b"X-Group: staff\r\nReceived:")
+    assert b"Subject" not in edited.headers
+    assert body.read() == data  # the original is untouched, still the caller's to drop
+    edited.discard()
+    body.discard()
