@@ -39,6 +39,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, TLSSetupException
 
+from gateway.directory.addresses import fold_vietnamese
 from gateway.smtp import replies
 from gateway.smtp.addresses import plain_angle_address
 from gateway.smtp.data import TERMINATOR, DataLimits, DataState
@@ -172,6 +173,7 @@ class GatewaySMTP(SMTP):
         self._last_activity = self.loop.time()
         self.relaying = False  # a relay is running for this session: it is not idle
         self.connected = False  # connection_made was called (after TLS, if implicit)
+        self._utf8_reply = False  # the reply to DATA goes out after the envelope is reset
 
     session: GatewaySession | None  # type: ignore[assignment]
 
@@ -281,6 +283,11 @@ class GatewaySMTP(SMTP):
                 # aiosmtpd's own refusals (syntax, sequence): name the rule and record it.
                 text = _QUOTED_CLIENT_TEXT.sub("(not shown)", text) + " [smtp.protocol]"
                 self.event_handler.on_command_refused(self, text)
+        utf8 = self._utf8_reply or (self.envelope is not None and self.envelope.smtp_utf8)
+        if not text.isascii() and not utf8:
+            # Reply text is ASCII unless the client asked for SMTPUTF8 (RFC 6531 3.7.4.2):
+            # "TỐI MẬT stamp in attachment bao-cáo.docx" becomes "TOI MAT ... bao-cao.docx".
+            text = fold_vietnamese(text)
         await super().push(text)
         if code[:1] == "5" and self.transport is not None:
             self._errors += 1
@@ -510,6 +517,7 @@ class GatewaySMTP(SMTP):
             await self.push(str(error))
             return
         self.relaying = True
+        self._utf8_reply = self.envelope.smtp_utf8
         try:
             status = await self.event_handler.end_data(self, writer, headers)
         finally:
@@ -517,7 +525,10 @@ class GatewaySMTP(SMTP):
             self._set_post_data_state()
             if self.transport is not None:
                 self._reset_timeout()  # the relay's time was not the client's idle time
-        await self.push(str(status))
+        try:
+            await self.push(str(status))
+        finally:
+            self._utf8_reply = False
 
     async def _read_data(self, writer: Any) -> tuple[Reply | None, bytes]:
         """Read DATA up to the lone dot; returns the first problem found (if any) and the

@@ -54,10 +54,10 @@ def message(subject: str, text: str, *files: tuple[str, bytes]) -> EmailMessage:
     return mail
 
 
-def send(gateway: Gateway, mail: EmailMessage) -> tuple[int, bytes]:
+def send(gateway: Gateway, mail: EmailMessage, smtputf8: bool = False) -> tuple[int, bytes]:
     with smtplib.SMTP("127.0.0.1", gateway.inbound_port, timeout=120) as client:
         client.ehlo("client.test")
-        client.mail("dvbe@other.gov.vn", ["BODY=8BITMIME"])
+        client.mail("dvbe@other.gov.vn", ["BODY=8BITMIME", *(["SMTPUTF8"] if smtputf8 else [])])
         client.rcpt(ALICE)
         return client.data(mail.as_bytes(policy=mail.policy.clone(linesep="\r\n")))
 
@@ -95,16 +95,21 @@ def test_21_mib_in_two_files_is_refused_stating_limit_and_size(
     assert len(stored(dovecot)) == before
 
 
+@pytest.mark.parametrize("smtputf8", [False, True], ids=["ascii-reply", "smtputf8-reply"])
 def test_a_top_secret_docx_is_refused_naming_the_file(
-    gateway: Gateway, dovecot: PrivateDovecot
+    gateway: Gateway, dovecot: PrivateDovecot, smtputf8: bool
 ) -> None:
     before = len(stored(dovecot))
     document = docx("BỘ KHOA HỌC VÀ CÔNG NGHỆ", "TỐI MẬT", "Báo cáo tình hình quý IV.")
-    code, text = send(gateway, message("Báo cáo", "Gửi anh báo cáo.", ("bao-cao.docx", document)))
-    assert code == 550 and text.decode().startswith("5.7.1")
-    assert "TỐI MẬT" in text.decode() and "bao-cao.docx" in text.decode()
+    mail = message("Báo cáo", "Gửi anh báo cáo.", ("bao-cao.docx", document))
+    code, text = send(gateway, mail, smtputf8)
+    reply = text.decode()
+    assert code == 550 and reply.startswith("5.7.1") and "bao-cao.docx" in reply
+    # UTF-8 reply text only for a client that asked for SMTPUTF8 (RFC 6531 3.7.4.2).
+    assert ("TỐI MẬT" in reply) if smtputf8 else ("TOI MAT" in reply and reply.isascii())
     event = gateway.wait_event("message_rejected")
     assert "[classification]" in event["reason"] and "bao-cao.docx" in event["reason"]
+    assert "TỐI MẬT" in event["reason"]  # the record keeps the real words
     assert "Báo cáo tình hình" not in gateway.all_logs(), "the event never holds the content"
     assert len(stored(dovecot)) == before
 
