@@ -4,6 +4,7 @@ a private Dovecot, and what arrives read back from its Maildir."""
 from __future__ import annotations
 
 import io
+import signal
 import smtplib
 import time
 from collections.abc import Iterator
@@ -126,3 +127,30 @@ def test_a_mail_full_of_ordinary_mat_words_arrives(
     code, _ = send(gateway, message("Mật khẩu mới", text, ("huong-dan.docx", document)))
     assert code == 250
     assert len(wait_stored(dovecot, before + 1)) == before + 1
+
+
+def test_sighup_reloads_the_filters_without_dropping_a_session(
+    gateway: Gateway, dovecot: PrivateDovecot
+) -> None:
+    """An operator turns a rule off and back on; a client connected across the reload
+    keeps its session and gets the rule in force when its message ends."""
+    before = len(stored(dovecot))
+    document = docx("TỐI MẬT", "Nội dung.")
+    mail = message("Báo cáo", "Gửi anh.", ("bao-cao.docx", document))
+    raw = mail.as_bytes(policy=mail.policy.clone(linesep="\r\n"))
+    with smtplib.SMTP("127.0.0.1", gateway.inbound_port, timeout=60) as client:
+        client.ehlo("client.test")
+        assert client.mail("dvbe@other.gov.vn", ["BODY=8BITMIME"])[0] == 250
+        assert client.rcpt(ALICE)[0] == 250
+        gateway.write_config(
+            gateway.config_path.read_text() + "\n[filters.classification]\nenabled = false\n"
+        )
+        gateway.signal(signal.SIGHUP)
+        gateway.wait_event("config_reloaded")
+        assert client.data(raw)[0] == 250  # same session, new rules
+    assert len(wait_stored(dovecot, before + 1)) == before + 1
+    gateway.write_config(gateway.config_path.read_text().replace("enabled = false", "enabled = 1"))
+    gateway.signal(signal.SIGHUP)
+    rejected = gateway.wait_event("config_rejected")
+    assert "filters.classification.enabled: expected true or false" in rejected["reason"]
+    assert send(gateway, mail)[0] == 250  # a bad config keeps the running one (rule off)
