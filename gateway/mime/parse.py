@@ -1,0 +1,420 @@
+"""The one parse: message bytes in, an ``Inspection`` (part tree, names, decoded sizes,
+NFC text) out.
+
+``inspect_body`` is a pure top-level function so that it can run in a worker process
+(``pool.py``): it reads a spilled body itself, so 30 MB never crosses a pipe, and it
+never raises: whatever goes wrong becomes a problem ("cannot inspect ..."), which
+refuses the message with a 5xx instead of passing it unread.
+
+The structure comes from the standard library's ``email`` feed parser (tolerant of
+broken boundaries and bad base64, no regex over MIME); header and parameter values are
+decoded here, so that RFC 2047 words in any charset, RFC 2231 parameters and raw UTF-8
+(SMTPUTF8, 8BITMIME) all reach the rules as NFC Unicode.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import email.headerregistry
+import email.utils
+import posixpath
+import quopri
+import time
+import unicodedata
+from email.feedparser import BytesFeedParser
+from email.message import Message
+from email.policy import Compat32
+
+from gateway.mime import extract, sniff
+from gateway.mime.extract import Budget, MessageLimit, Uninspectable
+from gateway.mime.model import Inspection, InspectionLimits, Part, TextSource
+
+CHUNK = 64 * 1024
+
+_OFFICE = frozenset({sniff.DOCX, sniff.XLSX, sniff.PPTX, sniff.ODT, sniff.ODS})
+_BY_SUFFIX = {
+    ".pdf": sniff.PDF,
+    ".docx": sniff.DOCX,
+    ".xlsx": sniff.XLSX,
+    ".pptx": sniff.PPTX,
+    ".odt": sniff.ODT,
+    ".ods": sniff.ODS,
+    ".zip": sniff.ZIP,
+}
+# Any header name is read as unstructured text: only its words matter to the rules,
+# and the structured parsers raise on the malformed addresses spam is made of.
+_UNSTRUCTURED = email.headerregistry.HeaderRegistry(use_default_map=False)
+
+
+class _RawHeaders(Compat32):
+    """compat32, but header values come back as parsed (8-bit bytes as surrogates)
+    instead of as ``Header`` objects that replace them with U+FFFD: raw UTF-8 headers
+    (SMTPUTF8) must reach the rules as the text they are."""
+
+    def header_fetch_parse(self, name, value):
+        return value
+
+
+_POLICY = _RawHeaders()
+
+
+class NeedsWorker(Exception):
+    """A light (in-thread) inspection met a part that needs the process pool."""
+
+
+def inspect_body(
+    prefix: bytes, data: bytes | None, path: str | None, limits: InspectionLimits
+) -> Inspection:
+    """Inspect ``prefix + data``, or ``prefix`` + the file at ``path``. Never raises."""
+    return _inspect(prefix, data, path, limits, light=False)
+
+
+def inspect_light(data: bytes, limits: InspectionLimits) -> Inspection | None:
+    """Inspect a small in-memory message unless it holds a PDF, office document or
+    archive (None then): cheap enough for a thread, where nothing can be killed."""
+    try:
+        return _inspect(b"", data, None, limits, light=True)
+    except NeedsWorker:
+        return None
+
+
+def _inspect(
+    prefix: bytes, data: bytes | None, path: str | None, limits: InspectionLimits, light: bool
+) -> Inspection:
+    walker = _Walker(limits, time.monotonic(), light)
+    try:
+        message = _parse(prefix, data, path)
+        walker.message(message, "", 0, 0)
+    except NeedsWorker:
+        raise
+    except MessageLimit as exc:
+        walker.problems.append(f"cannot inspect message: {exc}")
+    except RecursionError:
+        walker.problems.append("cannot inspect message: MIME structure nested too deep")
+    except MemoryError:
+        walker.problems.append("cannot inspect message: out of memory")
+    except OSError as exc:
+        walker.problems.append(f"cannot inspect message: cannot read the body ({exc})")
+    except Exception as exc:  # a parser bug must refuse the message, never pass it
+        walker.problems.append(f"cannot inspect message: {type(exc).__name__}: {exc}")
+    return walker.result()
+
+
+def _parse(prefix: bytes, data: bytes | None, path: str | None) -> Message:
+    """Feed the parser in chunks: ``parsebytes`` would first decode all 30 MB into one
+    string, and the feed parser splits it into lines again anyway."""
+    parser = BytesFeedParser(policy=_POLICY)
+    parser.feed(prefix)
+    if data is not None:
+        view = memoryview(data)
+        for start in range(0, len(view), CHUNK):
+            parser.feed(bytes(view[start : start + CHUNK]))
+    elif path is not None:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(CHUNK):
+                parser.feed(chunk)
+    return parser.close()
+
+
+class _Walker:
+    """Walks the parsed tree once, numbering parts like IMAP (RFC 3501 section 6.4.5)."""
+
+    def __init__(self, limits: InspectionLimits, started: float, light: bool) -> None:
+        self.limits = limits
+        self.budget = Budget(limits, started)
+        self.light = light
+        self.parts: list[Part | None] = []
+        self.texts: list[TextSource] = []
+        self.problems: list[str] = []
+        self.attachment_bytes = 0
+
+    def result(self) -> Inspection:
+        return Inspection(
+            parts=tuple(p for p in self.parts if p is not None),
+            texts=tuple(self.texts),
+            attachment_bytes=self.attachment_bytes,
+            problems=tuple(dict.fromkeys(self.problems)),
+        )
+
+    # -- structure ---------------------------------------------------------------
+
+    def message(self, msg: Message, number: str, rfc822: int, depth: int) -> int:
+        """A whole message (the top one, or a forwarded one at ``number``): its header
+        fields, then its body. Returns the decoded bytes of its leaves."""
+        where = _where(rfc822)
+        self.headers(msg, where, number or None)
+        if msg.get_content_maintype() == "multipart":
+            if not msg.is_multipart():
+                label = "message" if not number else f"forwarded message {number}"
+                self.problems.append(f"cannot inspect {label}{where}: multipart boundary not found")
+                return 0
+            return self.children(msg, number, rfc822, depth)
+        return self.node(msg, _child(number, 1), rfc822, depth + 1)
+
+    def children(self, container: Message, number: str, rfc822: int, depth: int) -> int:
+        total = 0
+        for index, child in enumerate(container.get_payload(), start=1):
+            total += self.node(child, _child(number, index), rfc822, depth + 1)
+        return total
+
+    def node(self, part: Message, number: str, rfc822: int, depth: int) -> int:
+        limits = self.limits
+        self.budget.check_time()
+        if len(self.parts) >= limits.max_parts:
+            raise MessageLimit(f"more than {limits.max_parts} MIME parts")
+        where = _where(rfc822)
+        if depth > limits.max_depth:
+            self.problems.append(
+                f"cannot inspect part {number}{where}: "
+                f"MIME structure nested deeper than {limits.max_depth}"
+            )
+            return 0
+        ctype = part.get_content_type()
+        maintype = part.get_content_maintype()
+        filename = _filename(part)
+        disposition = _disposition(part)
+        if filename:
+            self.add(f"attachment {filename}{where}", filename, "filename", number)
+
+        if maintype == "multipart" or (maintype == "message" and part.is_multipart()):
+            index = len(self.parts)
+            self.parts.append(None)  # keeps document order; filled in once sizes are known
+            if maintype == "multipart":
+                if not part.is_multipart():
+                    self.problems.append(
+                        f"cannot inspect part {number}{where}: multipart boundary not found"
+                    )
+                    size = 0
+                else:
+                    size = self.children(part, number, rfc822, depth)
+            else:
+                size = self.forwarded(part, number, rfc822, depth)
+            self.parts[index] = Part(
+                number, ctype, None, filename, disposition, size, False, rfc822
+            )
+            return size
+
+        if ctype == "message/partial":
+            self.problems.append(
+                f"cannot inspect part {number}{where}: message/partial fragments "
+                "join into a message no one here can see"
+            )
+        payload = _decoded(part)
+        sniffed = sniff.sniff(payload)
+        is_attachment = disposition == "attachment" or (maintype != "text" and filename is not None)
+        self.parts.append(
+            Part(number, ctype, sniffed, filename, disposition, len(payload), is_attachment, rfc822)
+        )
+        if is_attachment:
+            self.attachment_bytes += len(payload)
+        self.leaf_text(part, payload, number, ctype, sniffed, filename, is_attachment, where)
+        return len(payload)
+
+    def forwarded(self, part: Message, number: str, rfc822: int, depth: int) -> int:
+        """A message/rfc822 part: the forwarded message is inspected like the top one."""
+        where = _where(rfc822)
+        if rfc822 + 1 > self.limits.max_rfc822_depth:
+            self.problems.append(
+                f"cannot inspect part {number}{where}: forwarded messages nested deeper "
+                f"than {self.limits.max_rfc822_depth}"
+            )
+            return 0
+        inner = part.get_payload(0)
+        cte = str(part.get("content-transfer-encoding", "")).strip().lower()
+        if cte in ("base64", "quoted-printable") and not inner.keys():
+            # Non-conforming but common: the forwarded message itself is encoded, so the
+            # parser saw no header fields, only the encoded text. Decode and parse it.
+            raw = _decode_transfer(str(inner.get_payload()), cte)
+            inner = _parse(b"", raw, None)
+        return self.message(inner, number, rfc822 + 1, depth)
+
+    # -- text --------------------------------------------------------------------
+
+    def headers(self, msg: Message, where: str, number: str | None) -> None:
+        for name, value in msg.items():
+            name = _fix_surrogates(str(name)).strip()
+            text = _header_text(value)
+            if name.lower() == "subject":
+                self.add(f"subject{where}", text, "subject", number)
+            else:
+                self.add(f"header {name}{where}", text, "header", number)
+
+    def leaf_text(
+        self,
+        part: Message,
+        payload: bytes,
+        number: str,
+        ctype: str,
+        sniffed: str | None,
+        filename: str | None,
+        is_attachment: bool,
+        where: str,
+    ) -> None:
+        if is_attachment:
+            label = f"attachment {filename or 'part ' + number}{where}"
+            kind = "attachment"
+        else:
+            label, kind = f"body{where}", "body"
+        how = _text_kind(ctype, sniffed, filename)
+        if how is None:
+            return
+        if self.light and how not in ("plain", "html"):
+            raise NeedsWorker(how)
+        out = self.budget.part_text()
+        try:
+            if how in ("plain", "html"):
+                text = _decode_text(payload, part.get_content_charset())
+                if how == "html":
+                    extract.html_text(text, out, self.budget)
+                else:
+                    out.add(text)
+            elif how == sniff.PDF:
+                extract.pdf_text(payload, out, self.budget)
+            elif how == sniff.ZIP:
+                for name in extract.archive_listing(payload, self.budget):
+                    self.add(f"{label} member", name, "filename", number)
+            elif how in _OFFICE:
+                extract.office_text(payload, how, out, self.budget)
+            else:  # a suffix promised a document the bytes are not
+                raise Uninspectable(f"the content is not a {how} file")
+        except MessageLimit:
+            raise
+        except Uninspectable as exc:
+            self.problems.append(f"cannot inspect {label}: {exc}")
+            return
+        self.add(label, out.text(), kind, number)
+
+    def add(self, location: str, text: str, kind: str, number: str | None) -> None:
+        text = _normal(text)
+        if text.strip():
+            self.texts.append(TextSource(location, text, kind, number or None))
+
+
+def _child(number: str, index: int) -> str:
+    return f"{number}.{index}" if number else str(index)
+
+
+def _where(rfc822: int) -> str:
+    if rfc822 == 0:
+        return ""
+    if rfc822 == 1:
+        return " in forwarded message"
+    return f" in forwarded message (level {rfc822})"
+
+
+def _text_kind(ctype: str, sniffed: str | None, filename: str | None) -> str | None:
+    """How to read a leaf's text: by what the bytes are first, then by the name the
+    sender gave it, then by the declared type."""
+    if sniffed == sniff.PDF or sniffed == sniff.ZIP or sniffed in _OFFICE:
+        return sniffed
+    suffix = posixpath.splitext(filename.lower())[1] if filename else ""
+    if suffix in (".html", ".htm") or (not suffix and ctype == "text/html"):
+        return "html"
+    if suffix == ".txt" or ctype.startswith("text/"):
+        return "html" if ctype == "text/html" else "plain"
+    if suffix in _BY_SUFFIX and sniffed is None:
+        return _BY_SUFFIX[suffix]  # claimed a document, is none: refused in leaf_text
+    return None
+
+
+# -- decoding --------------------------------------------------------------------
+
+
+def _decoded(part: Message) -> bytes:
+    """The part's bytes after its transfer encoding (lenient with bad base64, as mail
+    readers are: the rules see what the recipient will see)."""
+    raw = part.get_payload()
+    cte = str(part.get("content-transfer-encoding", "")).strip().lower()
+    if cte == "base64" and isinstance(raw, str):
+        # a2b_base64 skips line ends itself: the library's decode first splits the
+        # payload into lines, which for a 28 MB part costs ~70 MB more peak memory.
+        try:
+            return binascii.a2b_base64(raw.encode("ascii", "surrogateescape"))
+        except (binascii.Error, ValueError):
+            pass  # bad padding and the like: the library's lenient decoder below
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
+
+
+def _decode_transfer(text: str, cte: str) -> bytes:
+    raw = text.encode("ascii", "surrogateescape")
+    if cte == "quoted-printable":
+        return quopri.decodestring(raw)
+    try:
+        return base64.b64decode(b"".join(raw.split()) + b"==", validate=False)
+    except (binascii.Error, ValueError):
+        return raw
+
+
+def _decode_text(data: bytes, charset: str | None) -> str:
+    """Bytes to text by the declared charset; an unknown or missing one falls back to
+    UTF-8, then windows-1252, so no part is skipped for its label."""
+    if charset:
+        try:
+            codecs.lookup(charset)
+            return data.decode(charset, "replace")
+        except (LookupError, ValueError, TypeError, UnicodeError):
+            pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("windows-1252", "replace")
+
+
+def _fix_surrogates(text: str) -> str:
+    """Raw 8-bit bytes the parser kept as surrogates (SMTPUTF8 headers, unknown RFC 2047
+    charsets) are read as UTF-8, else windows-1252."""
+    if not any("\udc80" <= c <= "\udcff" for c in text):
+        return text
+    raw = text.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("windows-1252", "replace")
+
+
+def _header_text(value: object) -> str:
+    """A header field's value with RFC 2047 words decoded, unfolded."""
+    unfolded = _fix_surrogates("".join(str(value).splitlines()))
+    try:
+        decoded = str(_UNSTRUCTURED("x-field", unfolded))
+    except Exception:  # never let one odd field stop the inspection
+        decoded = unfolded
+    return _fix_surrogates(decoded)
+
+
+def _filename(part: Message) -> str | None:
+    """Content-Disposition filename or Content-Type name: RFC 2231 parameters
+    (``filename*=UTF-8''...``, continuations) via the parser, RFC 2047 words inside
+    quotes (what Outlook and Gmail send) decoded here."""
+    try:
+        name = part.get_filename()
+        if name is None:
+            name = part.get_param("name")
+            if isinstance(name, tuple):
+                name = email.utils.collapse_rfc2231_value(name)
+    except Exception:
+        return None
+    if not isinstance(name, str):
+        return None
+    name = _fix_surrogates(name)
+    if "=?" in name:
+        name = _header_text(name)
+    name = _normal(name).strip()
+    return name or None
+
+
+def _disposition(part: Message) -> str | None:
+    value = part.get_content_disposition()
+    return value if value in ("attachment", "inline") else None
+
+
+def _normal(text: str) -> str:
+    """What rules compare: NFC (Vietnamese arrives composed and decomposed alike), no
+    NUL, one kind of line end."""
+    text = _fix_surrogates(text).replace("\x00", "")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    return unicodedata.normalize("NFC", text)
