@@ -27,6 +27,9 @@ class InspectionLimits:
     max_inflated_total: int = 128 * 1024 * 1024  # bytes all members of a part may inflate to
     max_archive_members: int = 10_000
     seconds: float = 60.0  # wall-clock budget for the whole inspection
+    # Address space of one pool worker (RLIMIT_AS): past it an allocation fails with
+    # MemoryError (a problem) instead of the OOM killer picking a process. 0: no cap.
+    worker_memory: int = 448 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
