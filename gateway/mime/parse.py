@@ -275,10 +275,8 @@ class _Walker:
             elif how == sniff.ZIP:
                 for name in extract.archive_listing(payload, self.budget):
                     self.add(f"{label} member", name, "filename", number)
-            elif how in _OFFICE:
+            else:  # an office document, by content or (then refused as broken) by name
                 extract.office_text(payload, how, out, self.budget)
-            else:  # a suffix promised a document the bytes are not
-                raise Uninspectable(f"the content is not a {how} file")
         except MessageLimit:
             raise
         except Uninspectable as exc:
@@ -315,7 +313,7 @@ def _text_kind(ctype: str, sniffed: str | None, filename: str | None) -> str | N
     if suffix == ".txt" or ctype.startswith("text/"):
         return "html" if ctype == "text/html" else "plain"
     if suffix in _BY_SUFFIX and sniffed is None:
-        return _BY_SUFFIX[suffix]  # claimed a document, is none: refused in leaf_text
+        return _BY_SUFFIX[suffix]  # named a document but is none: its reader says why
     return None
 
 

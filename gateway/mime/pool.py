@@ -34,14 +34,11 @@ def _problem(reason: str) -> Inspection:
 def _work(prefix: bytes, data: bytes | None, path: str | None, limits: InspectionLimits):
     """Runs in a worker: bound its address space first, so a runaway allocation is a
     MemoryError (a problem) rather than the kernel's OOM killer choosing a victim."""
-    if limits.worker_memory:
-        _, hard = resource.getrlimit(resource.RLIMIT_AS)
-        cap = (
-            limits.worker_memory
-            if hard == resource.RLIM_INFINITY
-            else min(hard, limits.worker_memory)
-        )
-        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = limits.worker_memory or hard  # set every time: a worker serves many limits
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     return inspect_body(prefix, data, path, limits)
 
 
@@ -64,11 +61,14 @@ class Inspector:
         *,
         workers: int = 2,
         thread_below: int = THREAD_BELOW,
+        grace: float = GRACE,
     ) -> None:
         self.limits = limits or InspectionLimits()
         self._workers = workers
         self._thread_below = thread_below
+        self._grace = grace
         self._pool: ProcessPoolExecutor | None = None
+        self._closed = False
         self._context = multiprocessing.get_context("forkserver")
         # Workers fork from a server that already imported the parser and its libraries.
         self._context.set_forkserver_preload(["gateway.mime.parse"])
@@ -76,6 +76,8 @@ class Inspector:
     async def inspect(self, body: Body, limits: InspectionLimits | None = None) -> Inspection:
         """The one inspection of ``body``; never raises (but can be cancelled)."""
         limits = limits or self.limits
+        if self._closed:
+            return _problem("the inspector is closed")
         if body.in_memory and body.size < self._thread_below:
             light = await asyncio.to_thread(inspect_light, body.read(), limits)
             if light is not None:
@@ -92,16 +94,18 @@ class Inspector:
             except BrokenProcessPool:
                 self._replace(pool)
                 continue
-            except RuntimeError:  # shut down
+            except RuntimeError:  # shut down meanwhile
                 return _problem("the inspector is closed")
             try:
                 return await asyncio.wait_for(
-                    asyncio.wrap_future(future), timeout=limits.seconds + GRACE
+                    asyncio.wrap_future(future), timeout=limits.seconds + self._grace
                 )
             except TimeoutError:
                 self._replace(pool)  # the only way to stop a running worker
                 return _problem(f"inspection takes longer than {limits.seconds:g} s")
             except BrokenProcessPool:
+                if self._closed:
+                    return _problem("the inspector is closed")
                 # A worker died: this message's, or another one's on the same pool.
                 # One retry on a fresh pool tells the two apart.
                 self._replace(pool)
@@ -127,7 +131,8 @@ class Inspector:
         return list(getattr(pool, "_processes", None) or {})
 
     def close(self) -> None:
-        """Stop the workers now (a running inspection is not waited for)."""
+        """Stop the workers now; inspections still waiting get a problem."""
+        self._closed = True
         pool, self._pool = self._pool, None
         if pool is not None:
             self._terminate(pool)
