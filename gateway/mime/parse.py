@@ -364,9 +364,15 @@ def _decode_text(data: bytes, charset: str | None) -> str:
 def _fix_surrogates(text: str) -> str:
     """Raw 8-bit bytes the parser kept as surrogates (SMTPUTF8 headers, unknown RFC 2047
     charsets) are read as UTF-8, else windows-1252."""
-    if not any("\udc80" <= c <= "\udcff" for c in text):
+    try:
+        text.encode("utf-8")  # fails exactly when there are surrogates; at C speed
         return text
-    raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # lone surrogates that stand for no byte (UTF-7 and such)
+        return text.encode("utf-8", "replace").decode("utf-8")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
