@@ -210,6 +210,13 @@ def build_docx(target: int = DOCX_BYTES, text_chars: int = DOCX_TEXT_CHARS) -> b
     return data
 
 
+def warmup_message(index: int) -> bytes:
+    """A small message with a small .docx attached: it makes a gateway start its parsing
+    workers, so that memory checks measure the message, not the pool starting."""
+    docx = _docx_with(3000, 0)
+    return attachment_message(docx, "ghi-chu.docx", DOCX_MIME, f"bench: warm-up {index}")
+
+
 def dot_stuff(message: bytes) -> bytes:
     """DATA payload: CRLF lines, leading dots doubled, terminated by ``.``."""
     if not message.endswith(b"\r\n"):
