@@ -474,3 +474,30 @@ def test_corpus_through_the_mime_parse(case: corpus.Case) -> None:
     assert inspection.problems == ()
     found = find_marker(inspection.texts, CFG)
     assert (found.level if found else None) == case.expected, (found, inspection.texts)
+
+
+def test_long_texts_try_only_candidate_lines_and_agree_with_the_full_search() -> None:
+    """Past 4 KiB only lines holding a level's last word are tried: the answer must be
+    the one the whole-text search gives, for stamps anywhere and for near misses."""
+    from gateway.filters.classification import _rules, _stamp
+
+    rules = _rules(Config())
+    prose = "Mật khẩu của hệ thống đã đổi; mật độ dân số tăng; anh em thân mật.\n" * 200
+    lines = [
+        "TỐI MẬT",
+        "Độ mật: Tuyệt mật",
+        "  * MẬT *  ",
+        "Mật - xin nghỉ phép",
+        "Độ mật: Thường",
+        "TOI MAT",
+        "format matters, MAT_DO_DAN_SO",
+    ]
+    for line in lines:
+        for where in (0, len(prose) // 2, len(prose)):
+            text = prose[:where] + line + "\n" + prose[where:]
+            assert len(text) > 4096
+            fast = _stamp(text, rules)
+            full = rules.stamp.search(text)
+            assert (fast is None) == (full is None), (line, where)
+            if full is not None:
+                assert fast is not None and fast.group(0) == full.group(0)
