@@ -382,6 +382,10 @@ def _fix_surrogates(text: str) -> str:
 def _header_text(value: object) -> str:
     """A header field's value with RFC 2047 words decoded, unfolded."""
     unfolded = _fix_surrogates("".join(str(value).splitlines()))
+    if "=?" not in unfolded:
+        # No encoded word: the header parser would return the text as it is, at ~13 us
+        # a field, the largest cost of inspecting ordinary mail.
+        return unfolded
     try:
         decoded = str(_UNSTRUCTURED("x-field", unfolded))
     except Exception:  # never let one odd field stop the inspection
