@@ -365,6 +365,8 @@ def _header_value(source: TextSource, text: str, fields: frozenset[str]) -> str 
 
 def _find_in(source: TextSource, rules: _Rules) -> Finding | None:
     text = _prepare(source.text)
+    if not rules.candidates.search(text):
+        return None  # every rule needs a level's last word: most texts have none
     if source.kind == "header":
         value = _header_value(source, text, rules.header_fields)
         match = rules.header.match(value.strip()) if value is not None else None
