@@ -137,10 +137,6 @@ class Runtime:
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    @property
-    def relays_in_flight(self) -> int:
-        return len(self._in_flight)
-
     async def finish_relays(self, deadline: float) -> None:
         """Let relays in flight end (they have the delivery timeout); past ``deadline``
         cancel them, and each records ``relay_cancelled``: its sender got no 250."""
