@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from gateway.auth_throttle import LoginThrottle
+from gateway.directory.lifecycle import effective_state
 from gateway.directory.mailboxes import CAN_AUTHENTICATE, Directory, Mailbox
 from gateway.smtp import replies
 from gateway.smtp.addresses import plain_angle_address
@@ -66,8 +67,9 @@ class Authenticator:
             known = await asyncio.to_thread(self.directory.get, login) is not None
             reply = replies.AUTH_FAILED.with_rule("auth")
             return LoginResult(None, reply, "invalid credentials", loggable_user(login, known))
-        if owner.state not in CAN_AUTHENTICATE:
-            reason = f"mailbox {owner.state}: {owner.lock_reason or 'no reason recorded'}"
+        state, why = effective_state(owner)
+        if state not in CAN_AUTHENTICATE:
+            reason = f"mailbox {state}: {why or 'no reason recorded'}"
             return LoginResult(None, replies.AUTH_MAILBOX_LOCKED.with_rule("auth"), reason, login)
         self.throttle.succeeded(login)
         await asyncio.to_thread(self.directory.record_access, owner.address)

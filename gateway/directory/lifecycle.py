@@ -72,6 +72,16 @@ def due_transition(mailbox: Mailbox, today: date) -> Transition | None:
     return Transition(mailbox.address, mailbox.state, state, reason)
 
 
+def effective_state(mailbox: Mailbox, today: date | None = None) -> tuple[str, str | None]:
+    """The state the rules give ``mailbox`` now, and why: the stored one, or a stricter
+    one whose deadline has passed though ``maintenance`` has not recorded it yet. Login
+    and sending decide by this, so a departure recorded for today blocks at once."""
+    due = due_transition(mailbox, today or datetime.now(UTC).date())
+    if due is not None:
+        return due.new_state, due.reason
+    return mailbox.state, mailbox.lock_reason
+
+
 def apply_lifecycle(
     directory: Directory, today: date, emit: Callable[..., object]
 ) -> list[Transition]:

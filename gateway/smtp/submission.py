@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from gateway.directory.lifecycle import effective_state
 from gateway.pipeline import first_header
 from gateway.smtp import replies
 from gateway.smtp.handler import SessionHandler, client_address
@@ -68,9 +69,10 @@ class SubmissionHandler(SessionHandler):
         assert user is not None
         directory = self.services.directory
         mailbox = await asyncio.to_thread(directory.get, user)
-        if mailbox is None or mailbox.state != "active":
-            state = mailbox.state if mailbox else "gone"
-            reason = mailbox.lock_reason if mailbox else None
+        state, reason = effective_state(mailbox) if mailbox else ("gone", None)
+        if state != "active":
+            # By the dates as of now, not the last maintenance run: a departure recorded
+            # for today stops sending at once (MIC 6.4.c).
             return replies.SENDING_LOCKED.with_rule("send_lock", f"{state}: {reason or 'locked'}")
         identities = await asyncio.to_thread(directory.sender_identities, user)
         session.sender_identities = identities

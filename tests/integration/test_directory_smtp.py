@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+from datetime import UTC, datetime
 
 import pytest
 
@@ -74,6 +75,19 @@ def test_locked_mailbox_cannot_log_in_but_still_receives(gateway: Gateway, sink:
     with smtplib.SMTP("127.0.0.1", gateway.inbound_port) as client:
         client.sendmail("x@other.org", [AN], message("x@other.org"))
     assert sink.wait_messages(1)[0].recipients == [AN], "MIC 7.1: a locked mailbox receives"
+
+
+def test_a_staff_mailbox_retired_today_cannot_send_at_once(gateway: Gateway, sink: Sink) -> None:
+    """No maintenance run in between: the departure's date decides at MAIL FROM (MIC
+    6.4.c), as it does at AUTH. Before, it kept sending until the next maintenance."""
+    today = datetime.now(UTC).date().isoformat()
+    gateway.cli("mailbox", "retire", AN, "--on", today)
+    with login(gateway, AN, AN_PW) as client:  # send-locked mailboxes may still log in
+        code, text = client.mail(AN)
+    assert code == replies.SENDING_LOCKED.code
+    assert "[send_lock]" in text.decode() and "send-locked" in text.decode()
+    assert sink.messages == []
+    assert gateway.cli("mailbox", "show", AN, "--json").stdout.count('"state": "active"') == 1
 
 
 def test_send_locked_mailbox_logs_in_but_cannot_send(gateway: Gateway, sink: Sink) -> None:

@@ -312,3 +312,15 @@ def test_due_transition_reads_the_stored_record(directory: Directory) -> None:
     assert (stored.rank, stored.retire_on) == ("director", "2026-06-15")
     assert due_transition(stored, add_months(LEFT, 1) - DAY) is None
     assert due_transition(stored, add_months(LEFT, 1)).new_state == "send-locked"
+
+
+def test_effective_state_applies_a_passed_deadline_before_maintenance_does() -> None:
+    from gateway.directory.lifecycle import effective_state
+
+    stored = retiring("staff", LEFT)  # maintenance has not run: still "active" on file
+    assert stored.state == "active"
+    assert effective_state(stored, LEFT - DAY) == ("active", None)
+    state, why = effective_state(stored, LEFT)
+    assert state == "send-locked" and why is not None and "MIC 6.4.c" in why
+    locked = box(state="locked", lock_reason="leaked password")
+    assert effective_state(locked, T) == ("locked", "leaked password")  # stored stays
