@@ -73,3 +73,18 @@ def test_loggable_user() -> None:
     assert loggable_user("an@example.gov.vn", known=False) == "an@example.gov.vn"
     assert loggable_user("hunter2", known=False) is None
     assert loggable_user("an", known=True) == "an"
+
+
+async def test_six_months_without_access_locks_at_login_before_maintenance(
+    directory: Directory,
+) -> None:
+    """MOST 13.3 decides at the login itself, not at the next maintenance run."""
+    from datetime import UTC, datetime, timedelta
+
+    directory.record_access(USER, datetime.now(UTC) - timedelta(days=200))
+    auth = authenticator(directory)
+    result = await auth.login(USER, PASSWORD, "192.0.2.9")
+    assert result.mailbox is None and result.reply is not None
+    assert result.reply.text.startswith(replies.AUTH_MAILBOX_LOCKED.text)
+    assert "no access since" in result.reason
+    auth.close()
