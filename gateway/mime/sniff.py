@@ -19,6 +19,11 @@ PPTX = "application/vnd.openxmlformats-officedocument.presentationml.presentatio
 ODT = "application/vnd.oasis.opendocument.text"
 ODS = "application/vnd.oasis.opendocument.spreadsheet"
 OLE2 = "application/x-ole-storage"  # .doc/.xls/.ppt/.msg before 2007
+PE = "application/x-msdownload"  # Windows .exe/.dll/.scr/.cpl: MZ + PE header
+ELF = "application/x-executable"
+MACHO = "application/x-mach-binary"
+JAVA_CLASS = "application/java-vm"
+SCRIPT = "text/x-script"  # a "#!" interpreter line
 
 # (offset, magic, type); the first match wins, so longer magics come first.
 _MAGIC: tuple[tuple[int, bytes, str], ...] = (
@@ -35,7 +40,12 @@ _MAGIC: tuple[tuple[int, bytes, str], ...] = (
     (0, b"\x1f\x8b", "application/gzip"),
     (0, b"BZh", "application/x-bzip2"),
     (0, b"\xfd7zXZ\x00", "application/x-xz"),
-    (0, b"\x7fELF", "application/x-executable"),
+    (0, b"\x7fELF", ELF),
+    (0, b"\xcf\xfa\xed\xfe", MACHO),  # Mach-O 64-bit, little-endian (x86_64, arm64)
+    (0, b"\xce\xfa\xed\xfe", MACHO),  # Mach-O 32-bit, little-endian
+    (0, b"\xfe\xed\xfa\xcf", MACHO),  # Mach-O 64-bit, big-endian
+    (0, b"\xfe\xed\xfa\xce", MACHO),  # Mach-O 32-bit, big-endian
+    (0, b"#!/", SCRIPT),  # "#!/bin/sh", "#!/usr/bin/env python": runs when made executable
     (0, b"{\\rtf", "application/rtf"),
     (257, b"ustar", "application/x-tar"),
     (0, b"PK\x03\x04", ZIP),
@@ -49,7 +59,11 @@ _ODF = {ODT, ODS, "application/vnd.oasis.opendocument.presentation"}
 def sniff(data: bytes) -> str | None:
     """The type the bytes' magic number says, or None if it says nothing we know."""
     if data.startswith(b"MZ") and _is_pe(data):
-        return "application/x-msdownload"
+        return PE
+    if data.startswith(b"\xca\xfe\xba\xbe") and len(data) >= 8:
+        # A universal (fat) Mach-O counts its architectures here (a handful); a Java
+        # class file has its version, 45 or more, in the same bytes.
+        return MACHO if int.from_bytes(data[4:8], "big") < 45 else JAVA_CLASS
     for offset, magic, kind in _MAGIC:
         if data.startswith(magic, offset):
             return _zip_kind(data) if kind == ZIP else kind

@@ -55,6 +55,8 @@ SPOOL_UNAVAILABLE = Reply(451, "4.3.0", "Could not store the message, try again 
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 TLS_FAILED = Reply(454, "4.7.0", "TLS handshake failed")
+# MIC 7.2.c: a login past its hourly sending limit (filters/rate_limit.py).
+RATE_LIMITED = Reply(451, "4.7.1", "Sending rate limit exceeded, try again later")
 
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
 BARE_LINE_ENDING = Reply(
@@ -78,6 +80,8 @@ SENDING_LOCKED = Reply(550, "5.7.1", "Sending is locked for this mailbox")
 SENDER_NOT_ALLOWED = Reply(550, "5.7.1", "Sender address not allowed for this login")
 # MIC 4.1, MOST 17.1: the reason names the level and where, never the content.
 CLASSIFIED = Reply(550, "5.7.1", "Classified content may not be sent by e-mail")
+# MOST 16.1: no official mail to or through free webmail (filters/freemail.py).
+FREEMAIL_REFUSED = Reply(550, "5.7.1", "Official mail may not be sent to free webmail")
 AUTH_THROTTLED = Reply(454, "4.7.0", "Too many failed logins, try again later")
 AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
 # Only ever given to someone who proved the password: the lock itself is no secret to them.
@@ -89,3 +93,5 @@ NO_DELIVERABLE_RECIPIENT = Reply(550, "5.1.0", "No deliverable recipient")
 # What an outside sender is told when the next hop refuses: its text, which may name
 # internal hosts, stays in the event log.
 REFUSED_BY_NEXT_HOP = Reply(550, "5.0.0", "Refused by the mail store")
+# MOST 15.3, 18.5, MIC 10.2: executables and scripts, by name or content (reason names the file).
+BLOCKED_ATTACHMENT = Reply(550, "5.7.1", "Attachment type not allowed")
