@@ -21,16 +21,31 @@ from datetime import datetime
 from email.message import EmailMessage
 from enum import Enum
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.mime.model import Inspection
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
 from gateway.spool import Body
 
+if TYPE_CHECKING:
+    from gateway.directory.mailboxes import Directory
+    from gateway.events.writer import EventLog
+
 Inspect = Callable[[Body], Awaitable[Inspection]]
 
 log = logging.getLogger(__name__)
+
+
+class FilterServices(Protocol):
+    """What a filter may act on beyond the message (the rate limit send-locks a mailbox
+    and records it); the SMTP handler passes the running gateway's."""
+
+    @property
+    def directory(self) -> Directory: ...
+
+    @property
+    def events(self) -> EventLog: ...
 
 
 @dataclass
@@ -53,6 +68,8 @@ class MessageContext:
     _inspection: asyncio.Future[Inspection] | None = field(default=None, init=False, repr=False)
     # Header field edits the filters asked for, applied to the body before delivery.
     header_edits: list[HeaderEdit] = field(default_factory=list)
+    # The directory and event log, for filters that act on a mailbox (None in unit tests).
+    services: FilterServices | None = None
 
     async def inspection(self) -> Inspection:
         """The parsed message (parts, texts, attachment bytes), computed once and shared:

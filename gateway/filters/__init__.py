@@ -5,8 +5,21 @@ registered ``always`` (the sender identity rule) run first whatever the config s
 The content rules read the one MIME parse (``MessageContext.inspection``).
 """
 
-from gateway.filters import attachment_cap, classification, sender_identity
+from gateway.filters import (
+    attachment_cap,
+    classification,
+    freemail,
+    rate_limit,
+    sender_identity,
+)
 
-DEFAULT_ORDER = ("attachment_cap", "classification")
+DEFAULT_ORDER = ("attachment_cap", "classification", "freemail", "rate_limit")
 
-__all__ = ["DEFAULT_ORDER", "attachment_cap", "classification", "sender_identity"]
+__all__ = [
+    "DEFAULT_ORDER",
+    "attachment_cap",
+    "classification",
+    "freemail",
+    "rate_limit",
+    "sender_identity",
+]

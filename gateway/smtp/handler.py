@@ -273,6 +273,7 @@ class SessionHandler:
             received_at=datetime.now(UTC),
             sender_identities=session.sender_identities,
             inspector=self.services.inspect,
+            services=self.services,
         )
         task = asyncio.get_running_loop().create_task(self._relay(ctx))
         self.services.track(task)

@@ -95,3 +95,7 @@ NO_DELIVERABLE_RECIPIENT = Reply(550, "5.1.0", "No deliverable recipient")
 REFUSED_BY_NEXT_HOP = Reply(550, "5.0.0", "Refused by the mail store")
 # MOST 15.3, 18.5, MIC 10.2: executables and scripts, by name or content (reason names the file).
 BLOCKED_ATTACHMENT = Reply(550, "5.7.1", "Attachment type not allowed")
+# filters/clamav.py: the reason names the signature and the part.
+VIRUS_FOUND = Reply(554, "5.7.1", "Virus found")
+# clamd down, slow, over its size limit or in error: never a silent pass.
+SCANNER_UNAVAILABLE = Reply(451, "4.7.1", "Virus scanner unavailable, try again later")
