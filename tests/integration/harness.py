@@ -124,6 +124,11 @@ class Gateway:
     def write_config(self, text: str | None = None) -> None:
         self.config_path.write_text(text or render_toml(self.sections()), encoding="utf-8")
 
+    def add_sections(self, sections: dict[str, dict[str, Any]]) -> None:
+        """Append TOML tables to the config, e.g. ``{"filters.rate_limit": {...}}``."""
+        with self.config_path.open("a", encoding="utf-8") as out:
+            out.write("\n" + render_toml(sections))
+
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*MAILGATE, "-c", str(self.config_path), *args],
