@@ -319,3 +319,103 @@ def test_archive_member_count_cap():
     limits = InspectionLimits(max_archive_members=10)
     result = inspect_body(b"", attach(out.getvalue(), "many.zip"), None, limits)
     assert result.problems == ("cannot inspect attachment many.zip: more than 10 archive members",)
+
+
+# --- the XML reader (expat, bound directly) -------------------------------------------
+
+
+def docx_with(document_xml: str | bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("word/document.xml", document_xml)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "prolog",
+    [
+        "<!DOCTYPE d>",  # office XML never has one: refused before anything is declared
+        '<!DOCTYPE d SYSTEM "file:///etc/passwd">',
+        '<!DOCTYPE d [<!ENTITY x SYSTEM "http://example.invalid/x">]>',
+        '<!DOCTYPE d [<!ENTITY % p "x">]>',
+    ],
+)
+def test_any_doctype_is_refused(prolog):
+    xml = f'<?xml version="1.0"?>{prolog}<w:document xmlns:w="urn:w"><w:t>x</w:t></w:document>'
+    result = inspect_body(b"", attach(docx_with(xml), "d.docx"), None, LIMITS)
+    assert result.problems == (
+        "cannot inspect attachment d.docx: word/document.xml: forbidden XML construct (DOCTYPE)",
+    )
+
+
+def test_undefined_entity_is_broken_xml_not_text():
+    xml = '<w:document xmlns:w="urn:w"><w:t>&b;</w:t></w:document>'
+    result = inspect_body(b"", attach(docx_with(xml), "d.docx"), None, LIMITS)
+    assert len(result.problems) == 1
+    assert "word/document.xml: broken XML" in result.problems[0]
+
+
+def test_ooxml_text_runs_tabs_and_breaks():
+    w = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+    xml = (
+        f'<w:document xmlns:w="{w}"><w:body><w:p><w:r><w:t>Số</w:t><w:tab/>'
+        "<w:t xml:space='preserve'> 12 &amp; &#x1EA0;</w:t></w:r><w:r><w:instrText>HYPERLINK"
+        "</w:instrText><w:delText>cũ</w:delText></w:r></w:p><w:p><w:r><w:t><![CDATA[a<b]]>"
+        "</w:t></w:r></w:p></w:body></w:document>"
+    )
+    budget = extract.Budget(LIMITS)
+    out = budget.part_text()
+    extract.office_text(docx_with(xml), sniff.DOCX, out, budget)
+    assert out.text() == "Số\t 12 & Ạcũ\na<b\n\n"
+
+
+def test_xml_reader_stops_at_the_inflated_cap_while_streaming():
+    """The cap is checked per inflated chunk, inside the XML loop: the parser never
+    sees the bytes past it."""
+    data = deflated_member(
+        "word/document.xml",
+        b'<w:document xmlns:w="urn:w"><w:t>',
+        b"a",
+        40 * 1024 * 1024,
+        b"</w:t></w:document>",
+    )
+    archive = extract._Archive(data, extract.Budget(InspectionLimits()))  # declared: fine
+    archive._budget = extract.Budget(InspectionLimits(max_inflated_member=4 * 1024 * 1024))
+    (info,) = [i for i in archive.infos if i.filename == "word/document.xml"]
+    fed = 0
+
+    def counted():
+        nonlocal fed
+        for chunk in archive.chunks(info):
+            fed += len(chunk)
+            yield chunk
+
+    out = extract.Budget(InspectionLimits(max_part_text=10**9)).part_text()
+    with pytest.raises(extract.Uninspectable, match="inflates past 4194304 bytes"):
+        extract._xml_text(counted(), False, out)
+    assert fed <= 4 * 1024 * 1024
+
+
+def test_xml_reader_stops_at_the_text_cap_without_reading_the_rest():
+    data = deflated_member(
+        "word/document.xml",
+        b'<w:document xmlns:w="urn:w"><w:t>',
+        b"a",
+        40 * 1024 * 1024,
+        b"</w:t></w:document>",
+    )
+    limits = InspectionLimits(max_part_text=100_000)
+    archive = extract._Archive(data, extract.Budget(limits))
+    (info,) = [i for i in archive.infos if i.filename == "word/document.xml"]
+    fed = 0
+
+    def counted():
+        nonlocal fed
+        for chunk in archive.chunks(info):
+            fed += len(chunk)
+            yield chunk
+
+    with pytest.raises(extract.Uninspectable, match="text exceeds 100000 characters"):
+        extract._xml_text(counted(), False, extract.Budget(limits).part_text())
+    assert fed < 1024 * 1024
