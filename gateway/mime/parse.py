@@ -21,9 +21,10 @@ import email.headerregistry
 import email.utils
 import posixpath
 import quopri
+import re
 import time
 import unicodedata
-from email.feedparser import BytesFeedParser
+from email.feedparser import BufferedSubFile, BytesFeedParser
 from email.message import Message
 from email.policy import Compat32
 
@@ -102,10 +103,51 @@ def _inspect(
     return walker.result()
 
 
+# A complete line of nothing but base64 characters: never a header field (no colon, no
+# leading blank), a continuation, a boundary (those start with "--") or a blank line.
+_BASE64_LINE = re.compile(r"[A-Za-z0-9+/=]+\r?\n\Z").match
+_RUN = 64 * 1024  # characters: the longest run of such lines handed on as one "line"
+
+
+class _Lines(BufferedSubFile):
+    """The feed parser's line buffer, but consecutive base64 lines travel as one string
+    (line ends kept). The parser joins a leaf's lines into its payload unchanged, and
+    no decision it takes on a line (header, separator, boundary) can differ for such a
+    run: the payload is the same string, built from one piece per 64 KiB instead of
+    one per 76-character line (a 127-byte object plus a list slot each). A 28 MB
+    message's worker peak grows by 2.0x its size instead of 2.75x, and the parser's
+    per-line Python work shrinks a little (~14 -> ~13 ms on a 1.4 MB message). Relies on
+    ``BufferedSubFile.pushlines`` (CPython 3.11): tests compare trees with the stock
+    buffer."""
+
+    def pushlines(self, lines: list[str]) -> None:
+        out: list[str] = []
+        run: list[str] = []
+        size = 0
+        for line in lines:
+            if _BASE64_LINE(line):
+                run.append(line)
+                size += len(line)
+                if size < _RUN:
+                    continue
+            elif not run:
+                out.append(line)
+                continue
+            out.append(run[0] if len(run) == 1 else "".join(run))
+            run = []
+            size = 0
+            if not _BASE64_LINE(line):
+                out.append(line)
+        if run:
+            out.append(run[0] if len(run) == 1 else "".join(run))
+        self._lines.extend(out)
+
+
 def _parse(prefix: bytes, data: bytes | None, path: str | None) -> Message:
     """Feed the parser in chunks: ``parsebytes`` would first decode all 30 MB into one
     string, and the feed parser splits it into lines again anyway."""
     parser = BytesFeedParser(policy=_POLICY)
+    parser._input = _Lines()  # type: ignore[attr-defined]  # before the first feed
     parser.feed(prefix)
     if data is not None:
         view = memoryview(data)
@@ -201,16 +243,15 @@ class _Walker:
                 f"cannot inspect part {number}{where}: message/partial fragments "
                 "join into a message no one here can see"
             )
-        payload = _decoded(part)
-        sniffed = sniff.sniff(payload)
+        payload, size, sniffed = _measured(part, ctype, filename)
         is_attachment = disposition == "attachment" or (maintype != "text" and filename is not None)
         self.parts.append(
-            Part(number, ctype, sniffed, filename, disposition, len(payload), is_attachment, rfc822)
+            Part(number, ctype, sniffed, filename, disposition, size, is_attachment, rfc822)
         )
         if is_attachment:
-            self.attachment_bytes += len(payload)
+            self.attachment_bytes += size
         self.leaf_text(part, payload, number, ctype, sniffed, filename, is_attachment, where)
-        return len(payload)
+        return size
 
     def forwarded(self, part: Message, number: str, rfc822: int, depth: int) -> int:
         """A message/rfc822 part: the forwarded message is inspected like the top one."""
@@ -320,16 +361,82 @@ def _text_kind(ctype: str, sniffed: str | None, filename: str | None) -> str | N
 # -- decoding --------------------------------------------------------------------
 
 
+_SLICE = 4 * 1024 * 1024  # base64 characters decoded at a time when only measuring
+_HEAD = 8 * 1024  # base64 characters: 6 KiB decoded, past every magic number sniff reads
+
+
+def _measured(part: Message, ctype: str, filename: str | None) -> tuple[bytes, int, str | None]:
+    """(decoded bytes, their size, sniffed type). A large base64 part that nothing will
+    read (not text, a document, a PDF or an archive, by its bytes or by its name) is
+    only measured: decoded a slice at a time and dropped, so the worker never holds its
+    decoded copy beside the message text. Its bytes come back empty."""
+    raw = part.get_payload()
+    if (
+        isinstance(raw, str)
+        and len(raw) > _SLICE
+        and raw.isascii()
+        and str(part.get("content-transfer-encoding", "")).strip().lower() == "base64"
+    ):
+        head = _base64_prefix(raw[:_HEAD])
+        sniffed = sniff.sniff(head)
+        if (
+            not head.startswith(b"MZ")  # the PE header can be anywhere: read it all
+            and sniffed != sniff.ZIP
+            and _text_kind(ctype, sniffed, filename) is None
+        ):
+            size = _base64_size(raw)
+            if size is not None:
+                return b"", size, sniffed
+    payload = _decoded(part)
+    return payload, len(payload), sniff.sniff(payload)
+
+
+def _base64_prefix(text: str) -> bytes:
+    """The first bytes of a base64 text (whole quads only)."""
+    text = text.replace("\r", "").replace("\n", "")
+    try:
+        return binascii.a2b_base64(text[: len(text) - len(text) % 4])
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def _base64_size(text: str) -> int | None:
+    """Decoded size of a base64 text, decoding one slice at a time; None unless it is
+    regular base64 (alphabet and line ends only, padding only at the very end), where
+    slices decode to exactly what the whole would. Otherwise the lenient decoder of the
+    whole text decides, as before."""
+    size = 0
+    carry = ""
+    last = len(text) - 1
+    for start in range(0, len(text), _SLICE):
+        piece = carry + text[start : start + _SLICE].replace("\r", "").replace("\n", "")
+        final = start + _SLICE > last
+        cut = len(piece) if final else len(piece) - len(piece) % 4
+        carry = piece[cut:]
+        piece = piece[:cut]
+        if not final and "=" in piece:
+            return None
+        try:
+            size += len(binascii.a2b_base64(piece, strict_mode=True))
+        except (binascii.Error, ValueError):
+            return None  # stray characters, bad padding: not regular
+        del piece
+    return size
+
+
 def _decoded(part: Message) -> bytes:
     """The part's bytes after its transfer encoding (lenient with bad base64, as mail
     readers are: the rules see what the recipient will see)."""
     raw = part.get_payload()
     cte = str(part.get("content-transfer-encoding", "")).strip().lower()
     if cte == "base64" and isinstance(raw, str):
-        # a2b_base64 skips line ends itself: the library's decode first splits the
-        # payload into lines, which for a 28 MB part costs ~70 MB more peak memory.
+        # a2b_base64 skips line ends itself (the library's decode first splits the
+        # payload into lines: ~70 MB more peak for a 28 MB part), and reads an ASCII
+        # str as it is (no encoded copy of the text beside it).
         try:
-            return binascii.a2b_base64(raw.encode("ascii", "surrogateescape"))
+            return binascii.a2b_base64(
+                raw if raw.isascii() else raw.encode("ascii", "surrogateescape")
+            )
         except (binascii.Error, ValueError):
             pass  # bad padding and the like: the library's lenient decoder below
     payload = part.get_payload(decode=True)

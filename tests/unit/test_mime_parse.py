@@ -435,3 +435,104 @@ def test_malformed_corpus_never_raises(path):
 def test_corpus_is_present():
     assert len(list(CORPUS.glob("*.eml"))) >= 20
     assert (CORPUS / "README.md").exists() and (CORPUS / "LICENSE-MIT").exists()
+
+
+# --- large parts: base64 runs and measuring without decoding -------------------------
+
+
+def plain_tree(raw: bytes) -> list:
+    """The parsed tree as the standard library's own line buffer builds it."""
+    from email.feedparser import BytesFeedParser
+
+    from gateway.mime import parse
+
+    parser = BytesFeedParser(policy=parse._POLICY)
+    parser.feed(raw)
+    return tree(parser.close())
+
+
+def tree(msg) -> list:
+    out = [(msg.items(), msg.preamble, msg.epilogue, [type(d) for d in msg.defects])]
+    if msg.is_multipart():
+        for part in msg.get_payload():
+            out += tree(part)
+    else:
+        out.append(msg.get_payload())
+    return out
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # base64-looking lines in a text body, right after the header, before a boundary,
+        # in a headerless part, and in the preamble and epilogue
+        mixed(
+            "Content-Type: text/plain\n\nAAAA\nBBBB\nCCCC\n",
+            "AAAA\nBBBB\n",
+            "Content-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n"
+            + b64(bytes(range(256)) * 300),
+            headers="Subject: t\n",
+        ).replace(b"MIME-Version", b"QUFB\r\nQkJC\r\nMIME-Version", 1),
+        crlf("Subject: x\n\n" + b64(bytes(200)) + "\n\nQUFB\n"),
+        crlf("QUFB\nQkJC\n\nbody\n"),
+        crlf(
+            'Content-Type: multipart/mixed; boundary="B"\n\nQUFB\nQkJC\n--B\n\nQUFB\n'
+            "QkJC\n--B--\nQUFB\nQkJC\n"
+        ),
+        b"Subject: x\rContent-Type: text/plain\r\rQUFB\rQkJC\r",
+    ],
+)
+def test_base64_runs_parse_to_the_same_tree_as_line_by_line(raw):
+    from gateway.mime import parse
+
+    assert tree(parse._parse(b"", raw, None)) == plain_tree(raw)
+
+
+def test_base64_runs_across_feed_chunks(monkeypatch):
+    from gateway.mime import parse
+
+    raw = mixed(
+        "Content-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n"
+        + b64(bytes(range(256)) * 40),
+        "Content-Type: text/plain\n\nQUFB\nQkJC\n",
+    )
+    for size in (1, 7, 77, 1000):
+        monkeypatch.setattr(parse, "CHUNK", size)
+        assert tree(parse._parse(b"", raw, None)) == plain_tree(raw)
+
+
+def test_base64_size_by_slices_matches_the_whole_decode(monkeypatch):
+    from gateway.mime import parse
+
+    monkeypatch.setattr(parse, "_SLICE", 1000)
+    for size in (0, 1, 2, 3, 749, 750, 751, 5000, 5001, 5002):
+        text = b64(bytes(range(256)) * (size // 256) + bytes(size % 256))
+        assert parse._base64_size(text.replace("\n", "\r\n")) == size
+    # Not regular: the lenient decode of the whole text decides instead.
+    regular = b64(bytes(3000))
+    assert parse._base64_size(regular[:1500] + "==" + regular[1500:]) is None
+    assert parse._base64_size(regular[:1500] + "*" + regular[1500:]) is None
+    assert parse._base64_size(regular.rstrip("\n")[:-1]) is None
+
+
+def test_large_unreadable_attachment_is_measured_not_kept(monkeypatch):
+    from gateway.mime import parse
+
+    monkeypatch.setattr(parse, "_SLICE", 4096)
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 100
+    raw = mixed(
+        "Content-Type: image/png\nContent-Disposition: attachment; filename=a.png\n"
+        "Content-Transfer-Encoding: base64\n\n" + b64(png),
+        "Content-Type: application/octet-stream\nContent-Disposition: attachment; "
+        "filename=b.bin\nContent-Transfer-Encoding: base64\n\n" + b64(PDF_MAGIC * 100),
+    )
+    decoded = []
+    real = parse._decoded
+    monkeypatch.setattr(parse, "_decoded", lambda part: decoded.append(1) or real(part))
+    result = inspect(raw)
+    assert [(p.sniffed_type, p.decoded_size) for p in result.parts] == [
+        ("image/png", len(png)),
+        ("application/pdf", len(PDF_MAGIC) * 100),
+    ]
+    assert decoded == [1]  # only the PDF, which is read
+    assert result.attachment_bytes == len(png) + len(PDF_MAGIC) * 100
