@@ -7,17 +7,28 @@ The content rules read the one MIME parse (``MessageContext.inspection``).
 
 from gateway.filters import (
     attachment_cap,
+    attachment_type,
+    clamav,
     classification,
     freemail,
     rate_limit,
     sender_identity,
 )
 
-DEFAULT_ORDER = ("attachment_cap", "classification", "freemail", "rate_limit")
+DEFAULT_ORDER = (
+    "attachment_cap",
+    "attachment_type",
+    "classification",
+    "freemail",
+    "rate_limit",
+    "clamav",
+)
 
 __all__ = [
     "DEFAULT_ORDER",
     "attachment_cap",
+    "attachment_type",
+    "clamav",
     "classification",
     "freemail",
     "rate_limit",

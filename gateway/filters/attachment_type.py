@@ -49,9 +49,9 @@ class Config:
         "lnk", "url", "website", "settingcontent-ms", "library-ms",
         # disk images that mount with a click (and carry any of the above)
         "iso", "img", "vhd", "vhdx",
-        # Java, macOS, Unix
+        # Java, macOS, Unix (not "bin": generic data files use it; ELF is caught by content)
         "jar", "jnlp", "class", "app", "command", "pkg", "dmg", "sh", "csh", "ksh", "run",
-        "elf", "bin", "deb", "rpm", "apk",
+        "elf", "deb", "rpm", "apk",
         # Office add-ins
         "xll", "wll", "xlam", "ppam",
     )  # fmt: skip
