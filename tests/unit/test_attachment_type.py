@@ -195,6 +195,12 @@ async def test_parsed_pe_named_pdf_is_refused() -> None:
     )
 
 
+async def test_parsed_large_executable_is_still_sniffed() -> None:
+    # Large parts are measured slice by slice; their first bytes must still be sniffed.
+    raw = message(("du-lieu.dat", PE_IMAGE + bytes(12 * 1024 * 1024), "application/pdf"))
+    refused(await parsed_verdict(raw), "executable content", "du-lieu.dat")
+
+
 async def test_parsed_zip_holding_setup_exe_is_refused() -> None:
     raw = message(("goi.zip", zipped(**{"setup.exe": PE_IMAGE}), "application/zip"))
     refused(await parsed_verdict(raw), "in archive goi.zip", "setup.exe")
