@@ -63,10 +63,14 @@ def read_filters(raw: Any, fail: Fail) -> FiltersSection:
         if not isinstance(section, dict):
             fail(f"filters.{name}", f"expected a [filters.{name}] table")
             continue
-        on = section.get("enabled", spec.default_on)
+        # A filter that is off by default (ClamAV: it needs a clamd to talk to) is turned
+        # on by writing its section, as CONTRACT.md says; ``enabled`` decides otherwise.
+        on = section.get("enabled", spec.default_on or name in table)
         if not isinstance(on, bool):
             fail(f"filters.{name}.enabled", f"expected true or false, got {on!r}")
             continue
+        if not on:
+            continue  # off: its settings (required keys too) do not matter
         settings = _read_settings(spec, section, fail)
         if on and settings is not None:
             enabled.append(EnabledFilter(spec, settings))

@@ -64,7 +64,7 @@ def parse_address(address: str) -> tuple[str, int] | str:
 
 def validate(cfg: Config) -> list[str]:
     if not cfg.address:
-        return []  # indistinguishable from "no section" here; check() tempfails instead
+        return ['address: missing; write e.g. "127.0.0.1:3310" or "unix:/run/clamav/clamd.ctl"']
     try:
         parse_address(cfg.address)
     except ValueError:

@@ -206,18 +206,11 @@ def test_off_without_a_section_and_on_when_enabled() -> None:
 
 
 # CONTRACT.md: the section alone turns scanning on, and `address` is required in it.
-# gateway/filter_config.py reads default_on=False filters as off unless `enabled = true`
-# and validates settings without knowing whether the section was written, so neither
-# holds yet; strict, so these go red (XPASS) once filter_config is fixed.
-@pytest.mark.xfail(
-    strict=True, reason="filter_config: a section does not enable a default-off filter"
-)
 def test_the_section_alone_turns_scanning_on() -> None:
     section = read_filters({"clamav": {"address": "127.0.0.1:3310"}}, lambda k, m: None)
     assert "clamav" in section.names()
 
 
-@pytest.mark.xfail(strict=True, reason="filter_config cannot express a required key")
 def test_a_section_without_address_is_a_check_config_error() -> None:
     errors: list[tuple[str, str]] = []
     read_filters({"clamav": {"timeout_seconds": 5}}, lambda k, m: errors.append((k, m)))

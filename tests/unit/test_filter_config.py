@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.config import ConfigError, advisories, parse_config
+from gateway.pipeline import REGISTRY
 from tests.unit.fakes import MINIMAL_CONFIG
 
 
@@ -66,8 +67,9 @@ def test_bad_values_are_reported_per_key() -> None:
 
 
 def test_order_is_checked_and_unlisted_filters_still_run() -> None:
+    known = [name for name, spec in REGISTRY.items() if not spec.always]
     assert problems({"order": ["nope"]}) == [
-        f"filters.order: no such filter: nope; known: {', '.join(parse(None).filters.names()[1:])}"
+        f"filters.order: no such filter: nope; known: {', '.join(known)}"
     ]
     config = parse({"order": []})
     assert "attachment_cap" in config.filters.names()
@@ -79,3 +81,13 @@ def test_a_size_too_small_for_the_attachment_allowance_is_a_warning() -> None:
     assert warning.startswith("smtp.max_message_size (20000000) refuses messages carrying")
     assert advisories(parse(None)) == []  # the defaults fit: 30 MiB of SIZE for 20 MiB
     assert advisories(parse({"attachment_cap": {"enabled": False}}, max_message_size=20_000)) == []
+
+
+def test_a_default_off_filter_is_on_when_its_section_is_written() -> None:
+    """ClamAV (off by default) runs once [filters.clamav] exists; its required address
+    is checked only then, and enabled = false still turns it off."""
+    assert "clamav" not in parse(None).filters.names()
+    on = parse({"clamav": {"address": "127.0.0.1:3310"}})
+    assert on.filters.names()[-1] == "clamav"
+    assert any(p.startswith("filters.clamav.address: missing") for p in problems({"clamav": {}}))
+    assert "clamav" not in parse({"clamav": {"enabled": False}}).filters.names()
