@@ -419,3 +419,26 @@ def test_xml_reader_stops_at_the_text_cap_without_reading_the_rest():
     with pytest.raises(extract.Uninspectable, match="text exceeds 100000 characters"):
         extract._xml_text(counted(), False, extract.Budget(limits).part_text())
     assert fed < 1024 * 1024
+
+
+CHUNK = 64 * 1024
+
+
+def test_ooxml_text_outside_text_elements_is_dropped_and_capped():
+    """Character data waits for the next end tag; outside a ``t`` it is dropped, and
+    it can never pile up past the part's text cap meanwhile."""
+    xml = (
+        '<w:document xmlns:w="urn:w"><w:body><w:p><w:instrText>'
+        + "x" * 50_000
+        + "</w:instrText><w:r><w:t>giữ</w:t></w:r></w:p></w:body></w:document>"
+    )
+    budget = extract.Budget(LIMITS)
+    out = budget.part_text()
+    extract.office_text(docx_with(xml), sniff.DOCX, out, budget)
+    assert out.text() == "giữ\n\n"
+    # Start tags only: no end tag ever says what the text is.
+    flood = b'<w:document xmlns:w="urn:w"><w:body>' + (b"y" * 60_000 + b"<w:b>") * 50
+    chunks = (flood[i : i + CHUNK] for i in range(0, len(flood), CHUNK))
+    limits = InspectionLimits(max_part_text=1_000_000)
+    with pytest.raises(extract.Uninspectable, match="text exceeds 1000000 characters"):
+        extract._xml_text(chunks, False, extract.Budget(limits).part_text())
