@@ -10,7 +10,6 @@ import os
 import time
 import zipfile
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from gateway.pipeline import Action, MessageContext, Verdict
 from gateway.smtp import replies
 from gateway.spool import Body
 from tests.integration.clamd import EICAR, SIGNATURE, PrivateClamd, SilentClamd
+from tests.unit.fakes import message_context
 
 MIB = 1024 * 1024
 
@@ -58,17 +58,7 @@ def context(raw: bytes, tmp_path: Path | None = None) -> MessageContext:
         path = tmp_path / "body.eml"
         path.write_bytes(raw)
         body = Body.from_file(path, raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
-    return MessageContext(
-        queue_id="Q1",
-        session_id="s1",
-        listener="inbound",
-        client="192.0.2.1",
-        user=None,
-        sender="an@example.com",
-        recipients=["binh@example.gov.vn"],
-        body=body,
-        received_at=datetime.now(UTC),
-    )
+    return message_context(body=body)
 
 
 def virus(verdict: Verdict, where: str) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from gateway.config import Config, parse_config
+from gateway.mime.model import Inspection
+from gateway.pipeline import MessageContext
 from gateway.smtp.replies import Reply
 from gateway.spool import Body
 
@@ -52,3 +55,32 @@ class FakeDeliverer:
 
     async def close(self) -> None:
         """Nothing held open."""
+
+
+PLAIN_BODY = b"Subject: x\r\n\r\nbody\r\n"
+
+
+def message_context(
+    *, body: Body | None = None, inspection: Inspection | None = None, **fields: Any
+) -> MessageContext:
+    """A MessageContext as the SMTP handler builds one, for calling a filter directly:
+    inbound mail from a foreign sender to one local recipient unless ``fields`` say
+    otherwise; ``inspection`` is what the one MIME parse will answer."""
+    values: dict[str, Any] = {
+        "queue_id": "Q1",
+        "session_id": "s1",
+        "listener": "inbound",
+        "client": "192.0.2.1",
+        "user": None,
+        "sender": "an@example.com",
+        "recipients": ["binh@example.gov.vn"],
+        "body": body or Body.from_bytes(PLAIN_BODY),
+        "received_at": datetime.now(UTC),
+    }
+    if inspection is not None:
+
+        async def inspect(_: Body) -> Inspection:
+            return inspection
+
+        values["inspector"] = inspect
+    return MessageContext(**(values | fields))

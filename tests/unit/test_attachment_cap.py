@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from gateway.filters.attachment_cap import Config, check
 from gateway.mime.model import Inspection
 from gateway.pipeline import Action, MessageContext
-from gateway.spool import Body
+from tests.unit.fakes import message_context
 
 MIB = 1024 * 1024
 
 
 def context(attachment_bytes: int) -> MessageContext:
-    async def inspect(body: Body) -> Inspection:
-        return Inspection(parts=(), texts=(), attachment_bytes=attachment_bytes)
-
-    return MessageContext(
-        queue_id="Q1",
-        session_id="s1",
+    return message_context(
         listener="submission",
-        client="192.0.2.1",
         user="an@example.gov.vn",
         sender="an@example.gov.vn",
-        recipients=["binh@example.gov.vn"],
-        body=Body.from_bytes(b"Subject: x\r\n\r\nbody\r\n"),
-        received_at=datetime.now(UTC),
-        inspector=inspect,
+        inspection=Inspection(parts=(), texts=(), attachment_bytes=attachment_bytes),
     )
 
 

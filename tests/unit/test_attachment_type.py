@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import zipfile
-from datetime import UTC, datetime
 from email.message import EmailMessage
 
 import pytest
@@ -17,28 +16,14 @@ from gateway.mime.model import Inspection, InspectionLimits, Part, TextSource
 from gateway.mime.parse import inspect_body
 from gateway.pipeline import Action, MessageContext, Verdict
 from gateway.smtp import replies
-from gateway.spool import Body
+from tests.unit.fakes import message_context
 
 # A minimal PE image: DOS header whose e_lfanew (offset 60) points at "PE\0\0".
 PE_IMAGE = b"MZ" + b"\x90" * 58 + (64).to_bytes(4, "little") + b"PE\x00\x00" + b"\x00" * 200
 
 
 def context(inspection: Inspection) -> MessageContext:
-    async def inspect(body: Body) -> Inspection:
-        return inspection
-
-    return MessageContext(
-        queue_id="Q1",
-        session_id="s1",
-        listener="inbound",
-        client="192.0.2.1",
-        user=None,
-        sender="an@example.com",
-        recipients=["binh@example.gov.vn"],
-        body=Body.from_bytes(b"Subject: x\r\n\r\nbody\r\n"),
-        received_at=datetime.now(UTC),
-        inspector=inspect,
-    )
+    return message_context(inspection=inspection)
 
 
 def part(

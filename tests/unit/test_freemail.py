@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from gateway.filters.freemail import Config, check
 from gateway.pipeline import Action, HeaderEdit, MessageContext
 from gateway.smtp import replies
 from gateway.spool import Body
-from tests.unit.fakes import MINIMAL_CONFIG
+from tests.unit.fakes import MINIMAL_CONFIG, message_context
 
 AN = "nvan@example.gov.vn"
 
@@ -27,16 +26,12 @@ def context(
     head = f"From: {AN}\r\nSubject: x\r\n"
     if reply_to is not None:
         head += f"Reply-To: {reply_to}\r\n"
-    return MessageContext(
-        queue_id="Q1",
-        session_id="s1",
+    return message_context(
         listener="submission" if user else "inbound",
-        client="192.0.2.1",
         user=user,
         sender=AN if user else "x@gmail.com",
         recipients=list(recipients),
         body=Body.from_bytes(f"{head}\r\nbody\r\n".encode()),
-        received_at=datetime.now(UTC),
     )
 
 

@@ -7,7 +7,6 @@ import copy
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,7 @@ from gateway.filters import rate_limit
 from gateway.filters.rate_limit import Config, SendCounters, check
 from gateway.pipeline import Action, MessageContext, Verdict
 from gateway.smtp import replies
-from gateway.spool import Body
-from tests.unit.fakes import MINIMAL_CONFIG
+from tests.unit.fakes import MINIMAL_CONFIG, message_context
 
 AN = "nvan@example.gov.vn"
 BINH = "ttbinh@example.gov.vn"
@@ -68,16 +66,11 @@ def services(tmp_path: Path) -> Iterator[Services]:
 def context(
     user: str | None = AN, recipients: int = 1, services: Services | None = None
 ) -> MessageContext:
-    return MessageContext(
-        queue_id="Q1",
-        session_id="s1",
+    return message_context(
         listener="submission" if user else "inbound",
-        client="192.0.2.1",
         user=user,
         sender=user or "x@other.org",
         recipients=[f"r{n}@other.org" for n in range(recipients)],
-        body=Body.from_bytes(b"Subject: x\r\n\r\nbody\r\n"),
-        received_at=datetime.now(UTC),
         services=services,
     )
 
