@@ -17,6 +17,7 @@ from gateway.directory.addresses import suggest
 from gateway.directory.importer import import_csv
 from gateway.directory.mailboxes import (
     KINDS,
+    POST_POLICIES,
     RANKS,
     STATES,
     Directory,
@@ -59,12 +60,14 @@ class Admin:
         self.events.close()
 
 
-def describe(mailbox: Mailbox, directory: Directory) -> dict[str, Any]:
+def describe(mailbox: Mailbox, admin: Admin) -> dict[str, Any]:
     """What ``mailbox show`` prints: the record, plus members or delegate where they apply."""
+    directory = admin.directory
     shown = mailbox.as_dict()
     if mailbox.kind == "group":
         shown["members"] = directory.members(mailbox.address)
         shown["expanded"] = directory.expand_group(mailbox.address)
+        shown["post_policy_in_force"] = _post_policy(admin, mailbox)
     if mailbox.kind == "unit":
         shown["delegate"] = directory.delegate_of(mailbox.address)
     if mailbox.kind != "group":
@@ -113,7 +116,7 @@ def mailbox_add(admin: Admin, args: argparse.Namespace) -> None:
 
 def mailbox_show(admin: Admin, args: argparse.Namespace) -> None:
     mailbox = admin.directory.require(args.address)
-    _print_record(describe(mailbox, admin.directory), args.json)
+    _print_record(describe(mailbox, admin), args.json)
 
 
 def mailbox_list(admin: Admin, args: argparse.Namespace) -> None:
@@ -206,6 +209,30 @@ def group_add_member(admin: Admin, args: argparse.Namespace) -> None:
     admin.directory.add_member(args.group, args.address)
     admin.emit("group_member_added", user=args.group.lower(), member=args.address.lower())
     print(f"{args.address.lower()} added to {args.group.lower()}")
+
+
+def group_policy(admin: Admin, args: argparse.Namespace) -> None:
+    policy = None if args.policy == "default" else args.policy
+    old = admin.directory.require(args.group).post_policy
+    group = admin.directory.set_post_policy(args.group, policy)
+    admin.emit(
+        "group_policy_changed",
+        user=group.address,
+        old_policy=old,
+        policy=policy,
+        reason=f"who may post to {group.address}: {policy or 'the configured default'}",
+    )
+    print(f"{group.address}: {_post_policy(admin, group)}")
+
+
+def _post_policy(admin: Admin, group: Mailbox) -> str:
+    """The policy in force, saying when it is the configured default."""
+    if group.post_policy:
+        return group.post_policy
+    settings = admin.config.filters.settings("groups")
+    if settings is None:
+        return "none (group expansion is off: [filters.groups] enabled = false)"
+    return f"{settings.default_post_policy} (default, filters.groups.default_post_policy)"
 
 
 def group_remove_member(admin: Admin, args: argparse.Namespace) -> None:
@@ -319,6 +346,9 @@ def add_directory_commands(
         p = add(group, name, handler, f"{name.replace('-', ' ')} (groups may contain groups)")
         p.add_argument("group")
         p.add_argument("address")
+    p = add(group, "policy", group_policy, "who may post: anyone, local senders, or members")
+    p.add_argument("group")
+    p.add_argument("policy", choices=[*POST_POLICIES, "default"])
 
     unit = commands.add_parser("unit", help="units").add_subparsers(
         dest="unit_command", required=True, metavar="ACTION"

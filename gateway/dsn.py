@@ -43,6 +43,7 @@ class FailedRecipient:
     status: str
     diagnostic: str
     remote_mta: str | None
+    original_recipient: str | None = None  # the group the sender named, for a member
 
 
 def is_bounce_worthy(sender: str) -> bool:
@@ -166,6 +167,9 @@ def _delivery_status(
     for failure in failures:
         block = Message(policy=_WIRE)
         address_type = "rfc822" if failure.recipient.isascii() else "utf-8"
+        if failure.original_recipient:  # RFC 3464 2.3.1: the address the sender gave
+            original_type = "rfc822" if failure.original_recipient.isascii() else "utf-8"
+            block["Original-Recipient"] = f"{original_type}; {_ascii(failure.original_recipient)}"
         block["Final-Recipient"] = f"{address_type}; {_ascii(failure.recipient)}"
         block["Action"] = "failed"
         block["Status"] = failure.status

@@ -39,9 +39,9 @@ def remote_mta(hop: str) -> str | None:
     return address.host if address else None
 
 
-def failure_of(recipient: str, outcome: Outcome) -> FailedRecipient:
+def failure_of(recipient: str, outcome: Outcome, original: str | None = None) -> FailedRecipient:
     reply = outcome.reply
-    return FailedRecipient(recipient, reply.status, str(reply), remote_mta(outcome.hop))
+    return FailedRecipient(recipient, reply.status, str(reply), remote_mta(outcome.hop), original)
 
 
 class OutcomeLog:

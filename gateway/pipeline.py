@@ -70,6 +70,15 @@ class MessageContext:
     header_edits: list[HeaderEdit] = field(default_factory=list)
     # The directory and event log, for filters that act on a mailbox (None in unit tests).
     services: FilterServices | None = None
+    # Recipients RCPT found to be group mailboxes (lower case), for the groups filter.
+    group_recipients: frozenset[str] = frozenset()
+    # The envelope as received, whatever transforms do to ``recipients`` (the events keep it).
+    envelope_recipients: tuple[str, ...] = field(default=(), init=False)
+    # Set by group expansion: final recipient -> "direct" or the chain of groups.
+    delivery_plan: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.envelope_recipients = tuple(self.recipients)
 
     async def inspection(self) -> Inspection:
         """The parsed message (parts, texts, attachment bytes), computed once and shared:
@@ -147,6 +156,7 @@ class Verdict:
     header_edits: tuple[HeaderEdit, ...] = ()
     recipients: tuple[str, ...] | None = None  # replaces the recipient list when set
     body: Body | None = None  # replaces the body when set
+    routes: dict[str, str] | None = None  # how each new recipient was reached
 
     @classmethod
     def accept(cls) -> Verdict:
@@ -161,6 +171,7 @@ class Verdict:
         header_edits: Sequence[HeaderEdit] = (),
         recipients: Sequence[str] | None = None,
         body: Body | None = None,
+        routes: dict[str, str] | None = None,
     ) -> Verdict:
         """Accept, changed: later filters and the delivery see the change."""
         return cls(
@@ -170,6 +181,7 @@ class Verdict:
             header_edits=tuple(header_edits),
             recipients=None if recipients is None else tuple(recipients),
             body=body,
+            routes=routes,
         )
 
     @classmethod
@@ -256,6 +268,8 @@ def apply_transform(ctx: MessageContext, verdict: Verdict) -> None:
     ctx.header_edits.extend(verdict.header_edits)
     if verdict.recipients is not None:
         ctx.recipients = list(verdict.recipients)
+    if verdict.routes is not None:
+        ctx.delivery_plan = dict(verdict.routes)
     if verdict.body is not None:
         ctx.body = verdict.body
         ctx._inspection = None  # a new body is a new message to inspect

@@ -154,7 +154,7 @@ class QueueRunner:
         self.relay.outcomes.hops(
             entry.queue_id, entry.message_id, entry.sender, split, attempt=entry.attempts
         )
-        failures = [failure_of(r, o) for r, o in split.failed.items()]
+        failures = [failure_of(r, o, entry.original.get(r)) for r, o in split.failed.items()]
         entry.pending = list(split.deferred)
         entry.last_error = {r: str(o.reply) for r, o in split.deferred.items()}
         if entry.pending and now - entry.arrival >= settings.lifetime_hours * 3600:
@@ -164,6 +164,7 @@ class QueueRunner:
                     EXPIRED_STATUS,
                     f"gave up after {settings.lifetime_hours:g} h: {entry.last_error[r]}",
                     remote_mta(split.deferred[r].hop),
+                    entry.original.get(r),
                 )
                 for r in entry.pending
             ]

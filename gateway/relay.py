@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from gateway.bounces import Bouncer
 from gateway.delivery import Router
 from gateway.events.writer import EventLog
+from gateway.filters.groups import DIRECT
 from gateway.outcomes import OutcomeLog, Split, failure_of
 from gateway.pipeline import Action, EnabledFilter, MessageContext, Verdict, run_filters
 from gateway.smtp import replies
@@ -28,6 +29,11 @@ from gateway.smtp.replies import Reply
 from gateway.spool import Body, QueueEntry, Spool
 
 log = logging.getLogger(__name__)
+
+
+def original_recipients(plan: dict[str, str]) -> dict[str, str]:
+    """Member -> the group the sender named, for recipients a group expansion added."""
+    return {r: route.split(" > ")[0] for r, route in plan.items() if route != DIRECT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +154,7 @@ class Relay:
     ) -> None:
         """Spool deferred recipients and bounce failed ones, durably, before the 250."""
         now = time.time()
+        originals = original_recipients(ctx.delivery_plan)
         if split.deferred:
             entry = QueueEntry(
                 queue_id=ctx.queue_id,
@@ -158,10 +165,11 @@ class Relay:
                 attempts=1,
                 message_id=ctx.message_id,
                 last_error={r: str(o.reply) for r, o in split.deferred.items()},
+                original={r: g for r, g in originals.items() if r in split.deferred},
             )
             await asyncio.to_thread(self.spool.enqueue, entry, ctx.body)
         if split.failed:
-            failures = [failure_of(r, o) for r, o in split.failed.items()]
+            failures = [failure_of(r, o, originals.get(r)) for r, o in split.failed.items()]
             await self.bouncer.bounce(ctx.queue_id, ctx.sender, now, failures, ctx.body.headers)
 
     def _emit_end(
@@ -173,7 +181,8 @@ class Relay:
             queue_id=ctx.queue_id,
             message_id=ctx.message_id,
             sender=ctx.sender,
-            recipients=ctx.recipients,
+            recipients=list(ctx.envelope_recipients),  # as received; the plan says who got it
+            delivery_plan=ctx.delivery_plan or None,
             size=ctx.body.size,
             code=reply.code,
             reason=reason,

@@ -205,6 +205,8 @@ class QueueEntry:
     message_id: str | None = None
     last_error: dict[str, str] = field(default_factory=dict)  # recipient -> last reply
     failed: list[dict[str, str]] = field(default_factory=list)  # permanent failures so far
+    # Members a group delivered to -> that group, as the sender named it (for bounces).
+    original: dict[str, str] = field(default_factory=dict)
 
 
 class Spool:

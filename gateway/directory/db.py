@@ -58,6 +58,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (group_address, member)
     );
     """,
+    # 3: who may post to a group (MOST 12.5.c); NULL follows [filters.groups].
+    """
+    ALTER TABLE mailboxes ADD COLUMN post_policy TEXT;
+    """,
 ]
 
 

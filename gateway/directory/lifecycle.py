@@ -82,6 +82,22 @@ def effective_state(mailbox: Mailbox, today: date | None = None) -> tuple[str, s
     return mailbox.state, mailbox.lock_reason
 
 
+def sendable_identities(
+    directory: Directory, address: str, today: date | None = None
+) -> frozenset[str]:
+    """Who ``address`` may send as now: itself and the delegated unit mailboxes whose
+    effective state is active. A unit mailbox past its departure deadline may not send,
+    whoever speaks for it (MIC 6.4.c, 7.1), from the day the deadline passes, not from
+    the next ``maintenance`` run. Blocking: call it in a thread."""
+    own = address.lower()
+    kept = {own}
+    for unit in directory.sender_identities(address) - {own}:
+        mailbox = directory.get(unit)
+        if mailbox is not None and effective_state(mailbox, today)[0] == "active":
+            kept.add(unit)
+    return frozenset(kept)
+
+
 def apply_lifecycle(
     directory: Directory, today: date, emit: Callable[..., object]
 ) -> list[Transition]:

@@ -24,6 +24,8 @@ KINDS = ("personal", "unit", "group")
 STATES = ("active", "send-locked", "locked", "revoked")
 RANKS = ("staff", "director")
 CAN_AUTHENTICATE = ("active", "send-locked")
+# Who may post to a group: anyone, local (authenticated) senders, or its members only.
+POST_POLICIES = ("anyone", "local", "members")
 MIN_CONTRACT_MONTHS = 12  # MIC 6.3: personal mailboxes for contracts of at least 1 year
 
 
@@ -81,6 +83,7 @@ class Mailbox(Registration):
     state_changed_at: str | None = None
     retire_on: str | None = None
     password_changed_at: str | None = None
+    post_policy: str | None = None  # groups: one of POST_POLICIES, None for the default
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -542,6 +545,53 @@ class Directory:
                     seen.add(member)
                     todo.append(member)
         return seen
+
+    def is_member(self, group: str, address: str) -> bool:
+        """Whether ``address`` belongs to ``group``, directly or through nested groups."""
+        wanted = address.strip().lower()
+        return any(member.lower() == wanted for member in self._reachable(group))
+
+    def group_routes(self, group: str) -> dict[str, tuple[str, ...]]:
+        """Each mailbox ``group`` delivers to, with the chain of groups that reaches it
+        (``group`` first, the member's own group last; the shortest chain when several
+        do). Revoked members and groups themselves get nothing; locked members still
+        receive (MIC 7.1). Breadth first, so the order is stable: nearer members first."""
+        routes: dict[str, tuple[str, ...]] = {}
+        head = self.get(group)
+        if head is None or head.kind != "group":
+            return routes
+        seen = {head.address.lower()}
+        level = [(head.address, (head.address,))]
+        while level:
+            following = []
+            for owner, chain in level:
+                for address in self.members(owner):
+                    if address.lower() in seen:
+                        continue
+                    seen.add(address.lower())
+                    mailbox = self.get(address)
+                    if mailbox is None or mailbox.state == "revoked":
+                        continue
+                    if mailbox.kind == "group":
+                        following.append((mailbox.address, (*chain, mailbox.address)))
+                    else:
+                        routes[mailbox.address] = chain
+            level = following
+        return routes
+
+    def set_post_policy(self, group: str, policy: str | None) -> Mailbox:
+        """Who may post to ``group`` (None: the configured default)."""
+        if policy is not None and policy not in POST_POLICIES:
+            raise DirectoryError(f"post policy must be one of {', '.join(POST_POLICIES)}")
+        mailbox = self.require(group)
+        if mailbox.kind != "group":
+            raise DirectoryError(f"{mailbox.address} is not a group")
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE mailboxes SET post_policy = ? WHERE address = ?",
+                (policy, mailbox.address),
+            )
+        return self.require(group)
 
     def expand_group(self, group: str) -> list[str]:
         """The flattened, de-duplicated set of non-group mailboxes a group reaches, revoked

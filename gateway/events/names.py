@@ -29,6 +29,7 @@ KNOWN_EVENTS: tuple[str, ...] = (
     "message_rejected",
     "message_tempfailed",
     "message_transformed",
+    "group_expanded",
     "relay_cancelled",
     "client_gone",
     "delivered",
@@ -49,6 +50,7 @@ KNOWN_EVENTS: tuple[str, ...] = (
     "delegation_changed",
     "group_member_added",
     "group_member_removed",
+    "group_policy_changed",
     "unit_added",
     "directory_imported",
     # log retention

@@ -2,7 +2,9 @@
 
 ``DEFAULT_ORDER`` is the run order when ``[filters] order`` does not set one. Filters
 registered ``always`` (the sender identity rule) run first whatever the config says.
-The content rules read the one MIME parse (``MessageContext.inspection``).
+The content rules read the one MIME parse (``MessageContext.inspection``); group
+expansion runs last, so mail a rule refuses is never expanded (and signing, after the
+filters, sees the final recipients).
 """
 
 from gateway.filters import (
@@ -11,6 +13,7 @@ from gateway.filters import (
     clamav,
     classification,
     freemail,
+    groups,
     rate_limit,
     sender_identity,
 )
@@ -22,6 +25,7 @@ DEFAULT_ORDER = (
     "freemail",
     "rate_limit",
     "clamav",
+    "groups",
 )
 
 __all__ = [
@@ -31,6 +35,7 @@ __all__ = [
     "clamav",
     "classification",
     "freemail",
+    "groups",
     "rate_limit",
     "sender_identity",
 ]

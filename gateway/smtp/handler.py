@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import Envelope
 
+from gateway.filters import groups as group_rules
 from gateway.pipeline import MessageContext
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
@@ -148,6 +149,7 @@ class SessionHandler:
             return str(refusal)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
+        session.group_recipients = set()  # a new transaction: RSET ends the old one
         return str(replies.SENDER_OK)
 
     async def handle_RCPT(
@@ -169,7 +171,7 @@ class SessionHandler:
         if len(envelope.rcpt_tos) >= config.smtp.max_recipients:
             return str(replies.TOO_MANY_RECIPIENTS.with_rule("smtp.max_recipients"))
         if "@" in address:
-            refusal = await self.check_recipient(session, address)
+            refusal = await self.check_recipient(session, envelope, address)
         else:
             refusal = replies.BAD_ADDRESS.with_rule("rcpt", "LOCALPART@DOMAIN expected")
         if refusal is not None:
@@ -192,24 +194,41 @@ class SessionHandler:
         """None to accept MAIL FROM, or the refusal naming its rule."""
         return None
 
-    async def check_recipient(self, session: GatewaySession, address: str) -> Reply | None:
+    async def check_recipient(
+        self, session: GatewaySession, envelope: Envelope, address: str
+    ) -> Reply | None:
         """None to accept RCPT TO, or the refusal naming its rule. A local recipient must
-        be in the directory and not revoked; locked mailboxes still receive (MIC 7.1)."""
+        be in the directory and not revoked; locked mailboxes still receive (MIC 7.1).
+        A group must accept this sender and have someone to deliver to (filters/groups)."""
         services = self.services
         if not services.config.is_local(address):
             return None
         accepted = services.accepted_recipients
-        if address in accepted:
-            return None
+        if address in accepted:  # only mailboxes are remembered: a group's answer
+            return None  # depends on the sender
+        groups = services.config.filters.settings("groups")
+        sender = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from or ""
+        directory = services.directory
+
+        def look_up() -> tuple[bool, Reply | None]:
+            mailbox = directory.get(address)
+            if mailbox is None or mailbox.state == "revoked":
+                return False, replies.NO_SUCH_USER.with_rule("directory", "no such mailbox")
+            if mailbox.kind != "group" or groups is None:
+                return False, None
+            return True, group_rules.rcpt_refusal(directory, mailbox, groups, session.user, sender)
+
         try:
-            known = await asyncio.to_thread(services.directory.accepts_mail, address)
+            is_group, refusal = await asyncio.to_thread(look_up)
         except sqlite3.Error:
             services.log.exception("directory lookup failed")
             return replies.DIRECTORY_UNAVAILABLE.with_rule("directory")
-        if not known:
-            return replies.NO_SUCH_USER.with_rule("directory", "no such mailbox")
-        accepted.add(address)
-        return None
+        if refusal is None:
+            if is_group:
+                session.group_recipients.add(address.lower())
+            else:
+                accepted.add(address)
+        return refusal
 
     # -- DATA ---------------------------------------------------------------------------
 
@@ -272,6 +291,7 @@ class SessionHandler:
             body=body,
             received_at=datetime.now(UTC),
             sender_identities=session.sender_identities,
+            group_recipients=frozenset(session.group_recipients),
             inspector=self.services.inspect,
             services=self.services,
         )

@@ -22,6 +22,8 @@ class GatewaySession(Session):
         # Addresses the login may send as (itself and unit mailboxes delegated to it).
         self.sender_identities: frozenset[str] = frozenset()
         self.queue_id: str | None = None  # of the transaction now in DATA
+        # RCPTs of this transaction that named a group mailbox (lower case), reset at MAIL.
+        self.group_recipients: set[str] = set()
 
     def carry_over(self, previous: GatewaySession) -> None:
         """After STARTTLS (RFC 3207 4.2) only the id survives, so events stay together."""

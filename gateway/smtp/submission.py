@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from gateway.directory.lifecycle import effective_state
+from gateway.directory.lifecycle import effective_state, sendable_identities
 from gateway.pipeline import first_header
 from gateway.smtp import replies
 from gateway.smtp.handler import SessionHandler, client_address
@@ -74,7 +74,7 @@ class SubmissionHandler(SessionHandler):
             # By the dates as of now, not the last maintenance run: a departure recorded
             # for today stops sending at once (MIC 6.4.c).
             return replies.SENDING_LOCKED.with_rule("send_lock", f"{state}: {reason or 'locked'}")
-        identities = await asyncio.to_thread(directory.sender_identities, user)
+        identities = await asyncio.to_thread(sendable_identities, directory, user)
         session.sender_identities = identities
         if address == NULL_SENDER or address.lower() not in identities:
             return replies.SENDER_NOT_ALLOWED.with_rule(

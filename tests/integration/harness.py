@@ -130,14 +130,18 @@ class Gateway:
             out.write("\n" + render_toml(sections))
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        done = subprocess.run(
             [*MAILGATE, "-c", str(self.config_path), *args],
             cwd=REPO,
             capture_output=True,
             text=True,
             timeout=60,
-            check=check,
         )
+        if check and done.returncode != 0:  # say why: a bare exit status explains nothing
+            raise AssertionError(
+                f"mailgate {' '.join(args[:2])} exited {done.returncode}: {done.stderr.strip()}"
+            )
+        return done
 
     def start(self) -> Gateway:
         self.stderr = (self.workdir / "serve.log").open("ab")

@@ -90,6 +90,26 @@ def test_a_staff_mailbox_retired_today_cannot_send_at_once(gateway: Gateway, sin
     assert gateway.cli("mailbox", "show", AN, "--json").stdout.count('"state": "active"') == 1
 
 
+def test_a_delegated_unit_mailbox_retired_today_is_no_longer_a_sender(
+    gateway: Gateway, sink: Sink
+) -> None:
+    """The delegate keeps its own identity, but neither MAIL FROM nor From: may name a unit
+    mailbox whose departure deadline has passed (the same effective state as a login)."""
+    gateway.cli("mailbox", "delegate", UNIT, AN)
+    with login(gateway, AN, AN_PW) as client:
+        client.sendmail(UNIT, ["partner@other.org"], message(UNIT))
+        assert len(sink.wait_messages(1)) == 1
+        gateway.cli("mailbox", "retire", UNIT, "--on", datetime.now(UTC).date().isoformat())
+        code, text = client.mail(UNIT)
+        assert code == replies.SENDER_NOT_ALLOWED.code and "[sender_identity]" in text.decode()
+        client.rset()
+        client.mail(AN)
+        client.rcpt("partner@other.org")
+        code, text = client.data(message(UNIT))  # the From: header is held to it too
+        assert code == replies.SENDER_NOT_ALLOWED.code and "[sender_identity]" in text.decode()
+    assert len(sink.messages) == 1
+
+
 def test_send_locked_mailbox_logs_in_but_cannot_send(gateway: Gateway, sink: Sink) -> None:
     gateway.cli("mailbox", "lock", AN, "--reason", "nghỉ hưu", "--send-only")
     with login(gateway, AN, AN_PW) as client:
