@@ -144,8 +144,9 @@ class DriveResult:
 
 
 async def _drive_client(
-    port: int, indexes: list[int], payload: Callable[[int], bytes], out: DriveResult
-) -> None:
+    port: int, indexes: list[int], payload: Callable[[int], bytes], out: DriveResult,
+    recipient: str = RCPT,
+) -> None:  # fmt: skip
     reader, writer = await asyncio.open_connection(HOST, port)
     try:
         code, text = await _read_reply(reader)
@@ -156,7 +157,7 @@ async def _drive_client(
         if code != 250:
             raise BenchError(f"EHLO answered {text[:200]!r}")
         mail = f"MAIL FROM:<{SENDER}>\r\n".encode()
-        rcpt = f"RCPT TO:<{RCPT}>\r\n".encode()
+        rcpt = f"RCPT TO:<{recipient}>\r\n".encode()
         for index in indexes:
             data = payload(index)
             start = time.perf_counter()
@@ -195,14 +196,14 @@ async def _drive_client(
 
 async def _drive(
     port: int, connections: int, first: int, total: int, payload: Callable[[int], bytes],
-    timeout: float,
+    timeout: float, recipient: str = RCPT,
 ) -> DriveResult:  # fmt: skip
     out = DriveResult()
     shares: list[list[int]] = [[] for _ in range(connections)]
     for n in range(total):
         shares[n % connections].append(first + n)
     start = time.monotonic()
-    tasks = [_drive_client(port, share, payload, out) for share in shares if share]
+    tasks = [_drive_client(port, share, payload, out, recipient) for share in shares if share]
     try:
         await asyncio.wait_for(asyncio.gather(*tasks), timeout)
     except TimeoutError as exc:
@@ -214,7 +215,8 @@ async def _drive(
 
 def drive(
     port: int, connections: int, total: int, payload: Callable[[int], bytes], timeout: float,
-    first: int = 0,
+    first: int = 0, recipient: str = RCPT,
 ) -> DriveResult:  # fmt: skip
-    """Send ``total`` messages (``payload(i)``: dot-stuffed DATA) over parallel connections."""
-    return run_async(_drive(port, connections, first, total, payload, timeout))
+    """Send ``total`` messages (``payload(i)``: dot-stuffed DATA) over parallel connections,
+    each to ``recipient``."""
+    return run_async(_drive(port, connections, first, total, payload, timeout, recipient))
