@@ -91,3 +91,15 @@ def test_a_default_off_filter_is_on_when_its_section_is_written() -> None:
     assert on.filters.names()[-2:] == ["clamav", "groups"]  # groups expand last
     assert any(p.startswith("filters.clamav.address: missing") for p in problems({"clamav": {}}))
     assert "clamav" not in parse({"clamav": {"enabled": False}}).filters.names()
+
+
+def test_group_expansion_is_on_by_default_and_its_mistakes_name_the_key() -> None:
+    assert parse(None).filters.settings("groups").default_post_policy == "local"
+    assert problems({"groups": {"default_post_policy": "all", "max_recipients": 0}}) == [
+        "filters.groups.max_recipients: expected a positive integer, got 0"
+    ]
+    assert problems({"groups": {"default_post_policy": "all"}}) == [
+        "filters.groups.default_post_policy: 'all' is not a post policy;"
+        " write one of anyone, local, members"
+    ]
+    assert parse({"groups": {"enabled": False}}).filters.settings("groups") is None
