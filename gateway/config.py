@@ -102,7 +102,16 @@ class ImapSection:
     listen: ListenAddress = _opt("listen")
     upstream: ListenAddress = _opt("listen")
     upstream_master_user: str = _opt("str")
-    upstream_master_password_file: Path = _opt("file")
+    upstream_master_password_file: Path = _opt("secret_file")
+    listen_tls: ListenAddress | None = _opt("listen", None, "implicit-TLS IMAPS")
+    require_tls_for_auth: bool = _opt("bool", True)
+    refuse_must_change: bool = _opt("bool", False, "refuse logins whose password must change")
+    max_connections: int = _opt("count", 2000)
+    max_connections_per_client: int = _opt("count", 100)
+    login_timeout: float = _opt("seconds", 60.0, "to log in after connecting")
+    upstream_timeout: float = _opt("seconds", 5.0, "to reach and log in to the store")
+    max_literal: int = _opt("size", 4096, "bytes of a literal before login")
+    check_interval: float = _opt("seconds", 2.0, "how often open sessions' mailboxes are checked")
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +237,16 @@ class _Reader:
                 pass
         except OSError as exc:
             self.fail(key, f"cannot read {path}: {exc.strerror}; fix the path or its permissions")
+        return path
+
+    def _secret_file(self, key: str, raw: Any, doc: str) -> Any:
+        """A file holding a secret: it must exist and be readable by its owner only."""
+        path = self._file(key, raw, doc)
+        if path is None or any(p.startswith(f"{key}: ") for p in self.problems):
+            return path
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o007:
+            self.fail(key, f"{path} is readable by every user (mode {mode:o}); run chmod 600 on it")
         return path
 
     def _bool(self, key: str, raw: Any, doc: str) -> Any:
@@ -432,6 +451,15 @@ def _check_relations(reader: _Reader, sections: dict[str, Any]) -> None:
     imap = sections.get("imap")
     if imap:
         listeners.append(("imap.listen", imap.get("listen")))
+        listeners.append(("imap.listen_tls", imap.get("listen_tls")))
+        if imap.get("listen_tls") and cert is None:
+            reader.fail("imap.listen_tls", "IMAPS needs smtp.tls_cert and smtp.tls_key")
+        if imap.get("require_tls_for_auth", True) and cert is None and not tls_broken:
+            reader.fail(
+                "imap.require_tls_for_auth",
+                "true (the default), but no smtp.tls_cert/tls_key is set for STARTTLS; add"
+                " them (or set false for loopback tests)",
+            )
     seen: dict[ListenAddress, str] = {}
     for key_name, address in listeners:
         if address is None:
@@ -473,6 +501,15 @@ def advisories(config: Config) -> list[str]:
                 f" carrying the {cap.max_bytes} bytes of attachments that"
                 f" filters.attachment_cap.max_bytes allows; for that, write at least {needed}"
             )
+    if config.imap is not None:
+        upstream = config.imap.upstream
+        try:
+            socket.create_connection((upstream.host, upstream.port), timeout=2).close()
+        except OSError as exc:
+            found.append(
+                f"imap.upstream: {upstream} does not answer ({exc.strerror or exc}); the proxy"
+                " will answer NO [UNAVAILABLE] to every login until the store listens there"
+            )
     return found
 
 
@@ -495,6 +532,10 @@ def listeners(config: Config) -> list[tuple[str, ListenAddress]]:
     ]
     if config.smtp.submission_tls_listen:
         found.append(("smtp.submission_tls_listen", config.smtp.submission_tls_listen))
+    if config.imap is not None:
+        found.append(("imap.listen", config.imap.listen))
+        if config.imap.listen_tls:
+            found.append(("imap.listen_tls", config.imap.listen_tls))
     return found
 
 

@@ -25,6 +25,7 @@ from gateway.delivery import Router
 from gateway.directory.cache import AcceptedRecipients
 from gateway.directory.mailboxes import Directory, DirectoryError
 from gateway.events.writer import EventLog
+from gateway.imap.server import ImapProxy
 from gateway.mime.model import Inspection
 from gateway.mime.pool import Inspector
 from gateway.pipeline import EnabledFilter
@@ -301,6 +302,13 @@ class Runtime:
     def active_sessions(self) -> int:
         return self.connections.active
 
+    def master_password(self) -> str:
+        """The store's IMAP master password (ImapServices), read at each login so a
+        rotated file takes effect without a restart; never logged."""
+        assert self.config.imap is not None
+        path = self.config.imap.upstream_master_password_file
+        return path.read_text(encoding="utf-8").strip("\r\n")
+
     async def close(self) -> None:
         await self.relay.router.close()
         self.authenticator.close()  # no argon2 thread left reading the directory
@@ -339,6 +347,11 @@ async def serve(config: Config, directory: Directory | None = None) -> None:
         )
         servers.append(server)
         log.info("%s listening on %s", listener.key, address)
+    imap: ImapProxy | None = None
+    if config.imap is not None:
+        imap = ImapProxy(runtime)
+        for bound in await imap.start():
+            log.info("%s listening", bound)
     runtime.events.emit(
         "gateway_start",
         reason=f"listening on {', '.join(str(a) for _, a in listeners(config))}",
@@ -363,9 +376,12 @@ async def serve(config: Config, directory: Directory | None = None) -> None:
         async with asyncio.TaskGroup() as group:
             queue = group.create_task(runtime.queue.run())
             reloader = group.create_task(reloads())
+            watcher = group.create_task(imap.watch_locks()) if imap else None
             await stop.wait()
             for server in servers:
                 server.close()
+            if imap is not None:
+                await imap.close()
             deadline = loop.time() + SHUTDOWN_GRACE_SECONDS
             runtime.queue.stop()  # attempts under way finish: cutting one could double it
             runtime.close_idle_sessions()
@@ -375,6 +391,8 @@ async def serve(config: Config, directory: Directory | None = None) -> None:
             runtime.close_sessions()
             queue.cancel()
             reloader.cancel()
+            if watcher is not None:
+                watcher.cancel()
     finally:
         runtime.events.emit("gateway_stop")
         await runtime.close()

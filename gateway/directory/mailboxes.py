@@ -211,6 +211,17 @@ class Directory:
         rows = self._query("SELECT * FROM mailboxes WHERE address = ?", (address.strip(),))
         return _mailbox(rows[0]) if rows else None
 
+    def get_many(self, addresses: list[str]) -> dict[str, Mailbox]:
+        """The mailboxes of ``addresses`` that exist, by lower-case address (one query per
+        500: the IMAP proxy checks every open session's mailbox every few seconds)."""
+        found: dict[str, Mailbox] = {}
+        for start in range(0, len(addresses), 500):
+            chunk = [a.strip() for a in addresses[start : start + 500]]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._query(f"SELECT * FROM mailboxes WHERE address IN ({marks})", tuple(chunk))
+            found.update({row["address"].lower(): _mailbox(row) for row in rows})
+        return found
+
     def require(self, address: str) -> Mailbox:
         mailbox = self.get(address)
         if mailbox is None:

@@ -24,6 +24,8 @@ KNOWN_EVENTS: tuple[str, ...] = (
     "mail_rejected",
     "rcpt_rejected",
     "protocol_error",
+    # the IMAP proxy (also session_*, auth_*, tls_failed, connection_refused, protocol_error)
+    "upstream_unavailable",
     # messages
     "message_accepted",
     "message_rejected",

@@ -424,6 +424,9 @@ disable_plaintext_auth = no
 auth_mechanisms = plain login
 # Login as "alice@example.gov.vn*gateway" with the master password.
 auth_master_user_separator = *
+# The gateway's IMAP proxy passes the client's address in IMAP ID (x-originating-ip);
+# Dovecot believes it only from trusted networks.
+login_trusted_networks = {host}
 # Default 2 s: every wrong-password test would wait for it (auth still answers a failure
 # on its next 0.5 s timer tick; see also anvil below).
 auth_failure_delay = 0
