@@ -265,9 +265,10 @@ class _Reader:
         return self._number(key, raw, "items", True)
 
     def _count_or_zero(self, key: str, raw: Any, doc: str) -> Any:
-        if raw == 0 and isinstance(raw, int) and not isinstance(raw, bool):
-            return 0
-        return self._number(key, raw, "items (or 0)", True)
+        if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+            return raw
+        self.fail(key, f"expected 0 or a positive integer, got {raw!r}; write 0 for none")
+        return None
 
     def _seconds(self, key: str, raw: Any, doc: str) -> Any:
         return self._number(key, raw, "seconds", False)

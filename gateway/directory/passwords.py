@@ -107,3 +107,33 @@ def generate_password(account: str, length: int = 14) -> str:
             for group in (string.ascii_uppercase, string.ascii_lowercase, string.digits)
         ):
             return candidate
+
+
+# OWASP Password Storage Cheat Sheet: argon2id configurations of equal strength, p=1.
+OWASP_MINIMUMS = ((47104, 1), (19456, 2), (12288, 3), (9216, 4), (7168, 5))
+# RFC 9106 4: first recommended option (2 GiB, t=1, p=4), second (64 MiB, t=3, p=4).
+RFC9106_OPTIONS = ((2097152, 1), (65536, 3))
+
+
+def meets_owasp(params: Argon2Params) -> bool:
+    return any(params.memory_kib >= m and params.time_cost >= t for m, t in OWASP_MINIMUMS)
+
+
+def meets_rfc9106(params: Argon2Params) -> bool:
+    return any(params.memory_kib >= m and params.time_cost >= t for m, t in RFC9106_OPTIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class HashCost:
+    wall_seconds: float
+    cpu_seconds: float  # all threads (argon2 runs its lanes on threads of its own)
+
+
+def measure_cost(params: Argon2Params) -> HashCost:
+    """What one verification costs on this machine (a hash costs the same)."""
+    import time
+
+    hasher = params.hasher()
+    wall, cpu = time.perf_counter(), time.process_time()
+    hasher.hash(secrets.token_hex(16))
+    return HashCost(time.perf_counter() - wall, time.process_time() - cpu)
