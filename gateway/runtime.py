@@ -99,7 +99,6 @@ class Runtime:
         self.events = EventLog(config.log.dir)
         self.spool = Spool(config.spool_dir)
         self.directory = directory or Directory.for_data_dir(config.gateway.data_dir)
-        self.directory.hasher = config.auth.argon2().hasher()  # new and reset passwords
         self.accepted_recipients = AcceptedRecipients()
         self.tls = tls_context(config)
         self.limits = limits_of(config)
@@ -114,6 +113,7 @@ class Runtime:
             config.auth.failure_window_seconds,
         )
         self.authenticator = Authenticator(self.directory, self.throttle, config.auth)
+        self.directory.hasher = self.authenticator.hasher  # new and reset passwords alike
         self.inspector = Inspector()  # the one MIME parse, on threads and worker processes
         self.relay = Relay(
             config.gateway.hostname,
