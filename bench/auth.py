@@ -42,6 +42,7 @@ from bench.common import (
     BenchError,
     free_port,
     log,
+    percentile,
 )
 from bench.load import _read_reply, run_async
 from bench.memory import PeakSampler, reset_hwm, tree_cpu_seconds, tree_kib
@@ -205,6 +206,81 @@ async def _simultaneous(port: int, addresses: list[str], timeout: float) -> list
     )
 
 
+@dataclass
+class Beside:
+    """Inbound mail (no AUTH) sent while a login storm runs: does it wait behind argon2?"""
+
+    idle_msgs_per_s: float = 0.0
+    msgs_per_s: float = 0.0
+    idle_p99_ms: float = 0.0
+    p99_ms: float = 0.0
+    storm_s: float = 0.0
+
+
+async def _inbound_until(
+    port: int, clients: int, size: int, stop: asyncio.Event, latencies: list[float]
+) -> None:
+    async def client() -> None:
+        n = 0
+        while not stop.is_set():
+            began = time.perf_counter()
+            refused = await _one_message(port, None, message("someone@other.example", size, n))
+            if refused is not None:
+                raise BenchError(f"inbound refused during the login storm: {refused[:200]}")
+            latencies.append((time.perf_counter() - began) * 1000)
+            n += 1
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+
+
+async def _measure_inbound(port: int, clients: int, size: int, seconds: float) -> list[float]:
+    stop, latencies = asyncio.Event(), []
+    task = asyncio.ensure_future(_inbound_until(port, clients, size, stop, latencies))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await task
+    return latencies
+
+
+async def _storm_beside_inbound(
+    submission: int, inbound: int, addresses: list[str], clients: int, size: int, timeout: float
+) -> tuple[list[str], list[float], float]:
+    stop, latencies = asyncio.Event(), []
+    background = asyncio.ensure_future(_inbound_until(inbound, clients, size, stop, latencies))
+    began = time.monotonic()
+    try:
+        replies = await _simultaneous(submission, addresses, timeout)
+    finally:
+        wall = time.monotonic() - began
+        stop.set()
+        await background
+    return replies, latencies, wall
+
+
+def inbound_beside_storm(
+    inbound: int, submission: int, addresses: list[str], args: argparse.Namespace
+) -> Beside:
+    """The inbound rate and p99 latency on their own for as long as a storm lasts, then
+    during a storm of cold logins of ``addresses`` (distinct users, nothing cached)."""
+    out = Beside()
+    clients = max(1, args.clients // 4)
+    replies, during, out.storm_s = run_async(
+        _storm_beside_inbound(submission, inbound, addresses, clients, args.size, args.timeout)
+    )
+    refused = [r for r in replies if not r.startswith("235")]
+    if refused:
+        raise BenchError(f"{len(refused)} logins refused in the storm: {refused[0][:200]}")
+    idle = run_async(_measure_inbound(inbound, clients, args.size, out.storm_s))
+    out.msgs_per_s = len(during) / out.storm_s
+    out.idle_msgs_per_s = len(idle) / out.storm_s
+    out.p99_ms = percentile(sorted(during), 99)
+    out.idle_p99_ms = percentile(sorted(idle), 99)
+    log(f"inbound beside {len(addresses)} cold logins: {out.msgs_per_s:.0f} msgs/s"
+        f" (p99 {out.p99_ms:.0f} ms) vs {out.idle_msgs_per_s:.0f} msgs/s alone"
+        f" (p99 {out.idle_p99_ms:.0f} ms)")  # fmt: skip
+    return out
+
+
 def cold_logins(server: ProcessServer, port: int, count: int, timeout: float) -> ColdLogins:
     """``count`` logins of distinct users at once on a fresh gateway (nothing cached)."""
     out = ColdLogins()
@@ -345,12 +421,14 @@ def main(argv: list[str] | None = None) -> int:
                 "submission, AUTH per message, no cache", server, submission, args,
                 args.cold_messages, auth=True,
             )  # fmt: skip
-        with gateway_running(tmp / "logins", args.logins, {}) as (server, submission):
+        with gateway_running(tmp / "logins", 2 * args.logins, {}) as (server, submission):
             reconnecting_pass("warm-up", server, server.port, args, 50, auth=False)
             logins = cold_logins(server, submission, args.logins, args.timeout)
+            second = [user(n) for n in range(args.logins, 2 * args.logins)]
+            beside = inbound_beside_storm(server.port, submission, second, args)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    doc = report(passes, logins, cpus)
+    doc = report(passes, logins, beside, cpus)
     doc["load_average"] = {"start": load, "end": os.getloadavg()}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
@@ -363,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(passes: dict[str, Pass], logins: ColdLogins, cpus: int) -> dict[str, Any]:
+def report(
+    passes: dict[str, Pass], logins: ColdLogins, beside: Beside, cpus: int
+) -> dict[str, Any]:
     inbound = passes["inbound"].msgs_per_s
     inbound_cold = passes["inbound_cold_gateway"].msgs_per_s
     warm = passes["warm"].msgs_per_s
@@ -387,6 +467,9 @@ def report(passes: dict[str, Pass], logins: ColdLogins, cpus: int) -> dict[str, 
           f" {per_s:.1f} logins/s ({per_core:.1f} per core-second of serve's CPU, {cpus} cores),"
           f" peak RSS {logins.peak_rss_mib:.0f} MiB"
           f" (before {logins.rss_before_mib:.0f})")  # fmt: skip
+    print(f"inbound mail beside a second storm of {logins.logins + logins.refused} cold logins:"
+          f" {beside.msgs_per_s:.0f} msgs/s, p99 {beside.p99_ms:.0f} ms; alone for as long:"
+          f" {beside.idle_msgs_per_s:.0f} msgs/s, p99 {beside.idle_p99_ms:.0f} ms")  # fmt: skip
     print("IMAP logins/s: n/a (no IMAP proxy yet)")
     targets = {
         "warm_auth_ge_40pct_inbound": warm >= WARM_TARGET * inbound,
@@ -408,6 +491,7 @@ def report(passes: dict[str, Pass], logins: ColdLogins, cpus: int) -> dict[str, 
         "passes": {k: p.as_dict() for k, p in passes.items()},
         "ratios": {"warm_vs_inbound": warm / inbound, "cold_vs_inbound": cold / inbound_cold},
         "cold_logins": asdict(logins) | {"logins_per_s": per_s, "logins_per_core_s": per_core},
+        "inbound_beside_cold_logins": asdict(beside),
         "cpus": cpus,
         "mib": MIB,
         "targets": targets,
