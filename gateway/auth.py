@@ -22,8 +22,10 @@ verification, whatever the address.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +46,17 @@ Emit = Callable[..., object]
 
 def _no_events(event: str, **fields: object) -> None:
     return None
+
+
+HASH_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """Each argon2 thread (and the lane threads argon2 starts from it, which inherit it)
+    runs at a lower priority than the event loop: under a storm of cold logins the CPU
+    goes to mail first, and the logins wait (Linux: niceness is per thread)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_NICENESS)
 
 
 def hash_workers(settings: AuthSection) -> int:
@@ -81,7 +94,9 @@ class Authenticator:
         self.params = settings.argon2()
         self.hasher = self.params.hasher()
         self.cache = VerifiedLogins(settings.cache_ttl_seconds, settings.cache_size)
-        self._hashing = ThreadPoolExecutor(self.workers, thread_name_prefix="argon2")
+        self._hashing = ThreadPoolExecutor(
+            self.workers, thread_name_prefix="argon2", initializer=_lower_priority
+        )
 
     def reconfigure(self, settings: AuthSection) -> None:
         """SIGHUP: new argon2 parameters (new hashes, upgrades on login) and cache limits.

@@ -385,3 +385,19 @@ def test_argon2_defaults_meet_owasp_and_rfc9106() -> None:
     assert meets_owasp(Argon2Params(19456, 2, 1)) and not meets_rfc9106(Argon2Params(19456, 2, 1))
     assert meets_owasp(Argon2Params(47104, 1, 1))
     assert not meets_owasp(Argon2Params(16384, 2, 1))
+
+
+def test_argon2_threads_yield_the_cpu_to_the_event_loop(directory: Directory) -> None:
+    """A storm of cold logins must not slow the mail down: the pool runs at a lower
+    priority (niceness is per thread on Linux, and argon2's lane threads inherit it)."""
+    import os
+    import threading
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    auth = authenticator(directory)
+    mine = niceness()
+    assert auth._hashing.submit(niceness).result() == min(mine + auth_module.HASH_NICENESS, 19)
+    assert niceness() == mine, "the event loop's thread keeps its priority"
+    auth.close()
