@@ -59,9 +59,17 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_NICENESS)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's cpuset, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def hash_workers(settings: AuthSection) -> int:
-    """``auth.hash_workers``, or one per core."""
-    return settings.hash_workers or os.cpu_count() or 1
+    """``auth.hash_workers``, or one per usable core."""
+    return settings.hash_workers or usable_cores()
 
 
 @dataclass(frozen=True, slots=True)

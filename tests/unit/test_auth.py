@@ -373,7 +373,7 @@ def test_hash_workers_default_to_the_number_of_cores() -> None:
 
     from gateway.auth import hash_workers
 
-    assert hash_workers(AuthSection()) == (os.cpu_count() or 1)
+    assert hash_workers(AuthSection()) == len(os.sched_getaffinity(0))
     assert hash_workers(AuthSection(hash_workers=3)) == 3
 
 
