@@ -45,10 +45,11 @@ class Admin:
     def __init__(self, config: Config, create: bool = False) -> None:
         self.config = config
         data_dir = config.gateway.data_dir
+        hasher = config.auth.argon2().hasher()  # passwords set here are hashed as serve would
         if create:
-            self.directory = Directory.for_data_dir(data_dir)
+            self.directory = Directory.for_data_dir(data_dir, hasher)
         else:
-            self.directory = Directory.open_existing(data_dir, config.path)
+            self.directory = Directory.open_existing(data_dir, config.path, hasher)
         self.events = EventLog(config.log.dir)
 
     def emit(self, event: str, **fields: Any) -> None:

@@ -1,27 +1,75 @@
 """One authenticator for every login (SMTP AUTH now; the IMAP proxy and the password
-page next): the throttle, the directory's verdict, the slow hash on its own threads.
+page next): the throttle, the directory's effective state, the verification, the
+cache of verified logins and the login events, in this one place.
 
-argon2id costs 64 MiB and ~80 ms per verification. On the default thread pool it
-would queue behind spool fsyncs and Maildir writes (and they behind it), and one
-hash per core in flight is what bounds the memory; so verifications run on a small
-executor of their own. Attempts in flight count against the throttle, so opening
-many connections at once buys a guesser no extra tries.
+argon2id costs 64 MiB and ~80 ms per verification (with the defaults). On the default
+thread pool it would queue behind spool fsyncs and Maildir writes (and they behind
+it), and the number of hashes in flight is what bounds the memory; so verifications
+run on an executor of their own, ``auth.hash_workers`` threads (default: one per
+core). Attempts in flight count against the throttle, so opening many connections
+at once buys a guesser no extra tries.
+
+Every login, cached or not, reads the mailbox's row afresh (one cheap SQLite read)
+and decides by its effective state as of now; a remembered login stands only while
+the row's password hash and state fields are what they were when it was proved
+(``auth_cache.VerifiedLogins.version``), so a ``mailbox passwd``/``lock``/``revoke``/
+``unlock``/``retire`` or a ``maintenance`` run in another process counts at the next
+login. What is refused is never remembered, and an unknown address is verified
+against a dummy hash: an attempt without the right password always costs one full
+verification, whatever the address.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from gateway.auth_cache import VerifiedLogins
 from gateway.auth_throttle import LoginThrottle
+from gateway.config import AuthSection
 from gateway.directory.lifecycle import effective_state
 from gateway.directory.mailboxes import CAN_AUTHENTICATE, Directory, Mailbox
+from gateway.directory.passwords import check_password, hash_password
 from gateway.smtp import replies
 from gateway.smtp.addresses import plain_angle_address
 from gateway.smtp.replies import Reply
 
-HASH_WORKERS = 2
+log = logging.getLogger("gateway.auth")
+Emit = Callable[..., object]
+
+
+def _no_events(event: str, **fields: object) -> None:
+    return None
+
+
+HASH_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """Each argon2 thread (and the lane threads argon2 starts from it, which inherit it)
+    runs at a lower priority than the event loop: under a storm of cold logins the CPU
+    goes to mail first, and the logins wait (Linux: niceness is per thread)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_NICENESS)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's cpuset, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def hash_workers(settings: AuthSection) -> int:
+    """``auth.hash_workers``, or one per usable core."""
+    return settings.hash_workers or usable_cores()
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +80,7 @@ class LoginResult:
     reply: Reply | None  # None on success
     reason: str  # for the event log, never the password
     user: str | None
+    cached: bool = False  # proved by the cache, no argon2 run
 
 
 def loggable_user(login: str, known: bool) -> str | None:
@@ -43,37 +92,118 @@ def loggable_user(login: str, known: bool) -> str | None:
 
 
 class Authenticator:
-    def __init__(self, directory: Directory, throttle: LoginThrottle) -> None:
+    def __init__(
+        self, directory: Directory, throttle: LoginThrottle, settings: AuthSection | None = None
+    ) -> None:
+        settings = settings or AuthSection()
         self.directory = directory
         self.throttle = throttle
-        self._hashing = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="argon2")
+        self.workers = hash_workers(settings)
+        self.params = settings.argon2()
+        self.hasher = self.params.hasher()
+        self.cache = VerifiedLogins(settings.cache_ttl_seconds, settings.cache_size)
+        self._hashing = ThreadPoolExecutor(
+            self.workers, thread_name_prefix="argon2", initializer=_lower_priority
+        )
 
-    async def login(self, login: str, password: str, client: str) -> LoginResult:
-        login = login.strip().lower()
+    def reconfigure(self, settings: AuthSection) -> None:
+        """SIGHUP: new argon2 parameters (new hashes, upgrades on login) and cache limits.
+        The pool's size needs a restart (runtime says so)."""
+        params = settings.argon2()
+        if params != self.params:
+            self.params, self.hasher = params, params.hasher()
+            self.directory.hasher = self.hasher
+        self.cache.resize(settings.cache_ttl_seconds, settings.cache_size)
+
+    def forget(self, address: str) -> None:
+        """A change made in this process (the password page): drop the login at once."""
+        self.cache.forget(address.strip().lower())
+
+    async def login(
+        self,
+        login: str,
+        password: str,
+        client: str,
+        emit: Emit = _no_events,
+        success_code: int | None = None,
+    ) -> LoginResult:
+        """Check one login and record it as ``auth_success``/``auth_failure`` through
+        ``emit`` (the caller adds its session and listener); never the password."""
+        result = await self._login(login.strip().lower(), password, client, emit)
+        if result.mailbox is None:
+            assert result.reply is not None
+            emit("auth_failure", user=result.user, code=result.reply.code, reason=result.reason)
+        else:
+            emit(
+                "auth_success", user=result.mailbox.address, code=success_code,
+                must_change=result.mailbox.must_change or None,
+                cache="hit" if result.cached else "miss",
+            )  # fmt: skip
+        return result
+
+    async def _login(self, login: str, password: str, client: str, emit: Emit) -> LoginResult:
         blocked = self.throttle.blocked(login, client)
         if blocked:
             reply = replies.AUTH_THROTTLED.with_rule("auth_throttle")
             return LoginResult(None, reply, blocked, loggable_user(login, False))
-        loop = asyncio.get_running_loop()
         self.throttle.begin(login, client)
         try:
-            owner = await loop.run_in_executor(
-                self._hashing, self.directory.password_owner, login, password
-            )
+            found = await asyncio.to_thread(self.directory.login_record, login)
+            mailbox, stored = found if found is not None else (None, None)
+            state, why = effective_state(mailbox) if mailbox else ("unknown", None)
+            version = self.cache.version(mailbox, stored) if mailbox else b""
+            cached = False
+            if mailbox is not None and state in CAN_AUTHENTICATE:
+                cached = self.cache.proves(mailbox.address, password, version)
+            elif mailbox is not None:
+                self.cache.forget(mailbox.address)  # a deadline passed since it was proved
+            if cached:
+                ok, stale = True, False
+            else:
+                ok, stale = await asyncio.get_running_loop().run_in_executor(
+                    self._hashing, check_password, stored, password, self.hasher
+                )
         finally:
             self.throttle.end(login, client)
-        if owner is None:
+        if not ok or mailbox is None:
             self.throttle.failed(login, client)
-            known = await asyncio.to_thread(self.directory.get, login) is not None
             reply = replies.AUTH_FAILED.with_rule("auth")
+            known = mailbox is not None
             return LoginResult(None, reply, "invalid credentials", loggable_user(login, known))
-        state, why = effective_state(owner)
         if state not in CAN_AUTHENTICATE:
             reason = f"mailbox {state}: {why or 'no reason recorded'}"
             return LoginResult(None, replies.AUTH_MAILBOX_LOCKED.with_rule("auth"), reason, login)
         self.throttle.succeeded(login)
-        await asyncio.to_thread(self.directory.record_access, owner.address)
-        return LoginResult(owner, None, "ok", owner.address)
+        if stale and stored is not None:
+            version = await self._upgrade(mailbox, stored, password, version, emit)
+        if not cached:
+            self.cache.remember(mailbox.address, password, version)
+        await asyncio.to_thread(self.directory.record_access, mailbox.address)
+        return LoginResult(mailbox, None, "ok", mailbox.address, cached)
+
+    async def _upgrade(
+        self, mailbox: Mailbox, stored: str, password: str, version: bytes, emit: Emit
+    ) -> bytes:
+        """Re-hash a password stored with older argon2 parameters, now that we have it.
+        A failure costs nothing but the upgrade: the login stands, the next one retries."""
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.run_in_executor(self._hashing, hash_password, password, self.hasher)
+            done = await asyncio.to_thread(
+                self.directory.upgrade_password_hash, mailbox.address, stored, new
+            )
+        except Exception as exc:
+            log.warning("could not upgrade the password hash of %s: %s", mailbox.address, exc)
+            return version
+        if not done:  # the password changed meanwhile: the old version no longer matches
+            return version
+        params = self.params
+        emit(
+            "password_rehashed", user=mailbox.address,
+            reason=f"argon2id m={params.memory_kib} KiB t={params.time_cost}"
+            f" p={params.parallelism}",
+        )  # fmt: skip
+        return self.cache.version(mailbox, new)
 
     def close(self) -> None:
         self._hashing.shutdown(wait=True, cancel_futures=True)

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.admin import Admin, CommandError, add_directory_commands
+from gateway.auth import hash_workers
 from gateway.config import (
     DEFAULT_CONFIG,
     Config,
@@ -46,6 +47,7 @@ from gateway.directory.mailboxes import (
     count_mailboxes,
     database_path,
 )
+from gateway.directory.passwords import measure_cost, meets_owasp, meets_rfc9106
 from gateway.events.names import KNOWN_EVENTS
 from gateway.events.search import Query, format_event, parse_time, purge, search
 
@@ -96,7 +98,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"error: {problem}")
     try:
-        warnings = advisories(config) + _data_report(config)
+        warnings = advisories(config) + _data_report(config) + _auth_report(config)
     except Exception as exc:
         print(f"config error: {args.config}: {_why(exc)}")
         return 2
@@ -134,6 +136,52 @@ def _data_report(config: Config) -> list[str]:
             " 550 user unknown (add one with `mailgate mailbox add`)"
         ]
     return []
+
+
+def _auth_report(config: Config) -> list[str]:
+    """Print what a login costs with [auth]'s argon2id parameters (one hash, measured
+    here) and how they compare with OWASP's and RFC 9106's; return what falls short."""
+    params = config.auth.argon2()
+    workers = hash_workers(config.auth)
+    shown = f"m={params.memory_kib} KiB t={params.time_cost} p={params.parallelism}"
+    mib = params.memory_kib / 1024
+    try:
+        cost = measure_cost(params)
+    except Exception as exc:
+        return [f"auth.argon2_*: cannot hash with {shown} on this machine: {_why(exc)}"]
+    per_core = 1 / cost.cpu_seconds if cost.cpu_seconds > 0 else float("inf")
+    print(
+        f"argon2id {shown}: {cost.wall_seconds * 1000:.0f} ms and {mib:.0f} MiB per cold login"
+        f" ({cost.cpu_seconds * 1000:.0f} ms of CPU, ~{per_core:.0f} logins/s per core);"
+        f" auth.hash_workers = {workers}: at most {workers} at once, {workers * mib:.0f} MiB"
+    )
+    ttl = config.auth.cache_ttl_seconds
+    if config.auth.cache_size:
+        print(
+            f"login cache: up to {config.auth.cache_size} logins for {ttl:g} s;"
+            " a cached login costs no argon2"
+        )
+    else:
+        print("login cache: off (auth.cache_size = 0): every login costs one argon2 hash")
+    owasp, rfc = meets_owasp(params), meets_rfc9106(params)
+    print(f"argon2id meets OWASP's minimum (m=19 MiB t=2 p=1, or m=46 MiB t=1): {_yes(owasp)}")
+    print(f"argon2id meets RFC 9106's second recommended option (m=64 MiB t=3 p=4): {_yes(rfc)}")
+    found = []
+    if not owasp:
+        found.append(
+            f"auth.argon2_*: {shown} is below OWASP's minimum for argon2id;"
+            " write argon2_memory_kib = 19456 and argon2_time_cost = 2 at least"
+        )
+    elif not rfc:
+        found.append(
+            f"auth.argon2_*: {shown} is below RFC 9106's recommended options;"
+            " write argon2_memory_kib = 65536, argon2_time_cost = 3 (the default)"
+        )
+    return found
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 def cmd_init(args: argparse.Namespace) -> int:

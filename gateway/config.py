@@ -16,6 +16,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from gateway.directory.passwords import Argon2Params
+
 DEFAULT_CONFIG = Path("config/gateway.toml")
 
 
@@ -139,6 +141,15 @@ class AuthSection:
     max_failures_per_address: int = _opt("count", 5, "failed logins before the address waits")
     max_failures_per_client: int = _opt("count", 20, "failed logins before the client waits")
     failure_window_seconds: float = _opt("seconds", 900.0)
+    cache_ttl_seconds: float = _opt("seconds", 3600.0, "how long a verified login is remembered")
+    cache_size: int = _opt("count_or_zero", 50_000, "logins remembered at most; 0: no cache")
+    hash_workers: int | None = _opt("count", None, "argon2 verifications at once; default: cores")
+    argon2_memory_kib: int = _opt("count", 65536, "KiB per verification (RFC 9106: 65536)")
+    argon2_time_cost: int = _opt("count", 3, "passes over the memory (RFC 9106: 3)")
+    argon2_parallelism: int = _opt("count", 4, "lanes (RFC 9106: 4)")
+
+    def argon2(self) -> Argon2Params:
+        return Argon2Params(self.argon2_memory_kib, self.argon2_time_cost, self.argon2_parallelism)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +282,12 @@ class _Reader:
 
     def _count(self, key: str, raw: Any, doc: str) -> Any:
         return self._number(key, raw, "items", True)
+
+    def _count_or_zero(self, key: str, raw: Any, doc: str) -> Any:
+        if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+            return raw
+        self.fail(key, f"expected 0 or a positive integer, got {raw!r}; write 0 for none")
+        return None
 
     def _seconds(self, key: str, raw: Any, doc: str) -> Any:
         return self._number(key, raw, "seconds", False)
@@ -467,6 +484,7 @@ def _check_relations(reader: _Reader, sections: dict[str, Any]) -> None:
         if address in seen:
             reader.fail(key_name, f"{address} is also used by {seen[address]}; pick another port")
         seen[address] = key_name
+    _check_argon2(reader, sections.get("auth") or {})
     queue = sections.get("queue") or {}
     low, high = queue.get("retry_min_seconds"), queue.get("retry_max_seconds")
     if low is not None and high is not None and low > high:
@@ -474,6 +492,28 @@ def _check_relations(reader: _Reader, sections: dict[str, Any]) -> None:
             "queue.retry_min_seconds",
             f"{low:g} is above queue.retry_max_seconds ({high:g}); lower it or raise the maximum",
         )
+
+
+ARGON2_MAX_MEMORY_KIB = 4 * 1024 * 1024  # 4 GiB per login is a mistake, not a policy
+
+
+def _check_argon2(reader: _Reader, auth: dict[str, Any]) -> None:
+    """What argon2 itself refuses (8 KiB per lane at least), and sizes no login can afford."""
+    memory, lanes = auth.get("argon2_memory_kib"), auth.get("argon2_parallelism")
+    if memory is not None and lanes is not None and memory < 8 * lanes:
+        reader.fail(
+            "auth.argon2_memory_kib",
+            f"{memory} KiB is below argon2's minimum of 8 KiB per lane"
+            f" (auth.argon2_parallelism = {lanes}); write at least {8 * lanes}",
+        )
+    if memory is not None and memory > ARGON2_MAX_MEMORY_KIB:
+        reader.fail(
+            "auth.argon2_memory_kib",
+            f"{memory} KiB ({memory // 1024} MiB) per login; write at most"
+            f" {ARGON2_MAX_MEMORY_KIB} (RFC 9106 recommends 65536 on servers)",
+        )
+    if lanes is not None and lanes > 255:
+        reader.fail("auth.argon2_parallelism", f"{lanes} lanes; write at most 255 (RFC 9106: 4)")
 
 
 def _check_delivery_tls(reader: _Reader, delivery: dict[str, Any]) -> None:

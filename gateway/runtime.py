@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, hash_workers
 from gateway.auth_throttle import LoginThrottle
 from gateway.config import Config, ConfigError, check_ports_free, listeners, load_config
 from gateway.data_lock import DataLock, DataLockError
@@ -113,7 +113,8 @@ class Runtime:
             config.auth.max_failures_per_client,
             config.auth.failure_window_seconds,
         )
-        self.authenticator = Authenticator(self.directory, self.throttle)
+        self.authenticator = Authenticator(self.directory, self.throttle, config.auth)
+        self.directory.hasher = self.authenticator.hasher  # new and reset passwords alike
         self.inspector = Inspector()  # the one MIME parse, on threads and worker processes
         self.relay = Relay(
             config.gateway.hostname,
@@ -172,6 +173,8 @@ class Runtime:
         )
         if new.gateway.data_dir != old.gateway.data_dir or new.log.dir != old.log.dir:
             restart_needed.append("gateway.data_dir/log.dir")
+        if hash_workers(new.auth) != self.authenticator.workers:
+            restart_needed.append("auth.hash_workers")
         old_router = self.relay.router
         self.config = new
         self.tls = new_tls
@@ -183,6 +186,7 @@ class Runtime:
         self.throttle.per_address = new.auth.max_failures_per_address
         self.throttle.per_client = new.auth.max_failures_per_client
         self.throttle.window = new.auth.failure_window_seconds
+        self.authenticator.reconfigure(new.auth)
         router.use_config(new)  # a kept router must route by the new gateway.domains
         self.relay.reconfigure(new.gateway.hostname, router, settings)
         if router is not old_router:
@@ -420,7 +424,9 @@ def run(config_path: str) -> int:
         return 2
     lock = DataLock(config.gateway.data_dir)
     try:
-        directory = Directory.open_existing(config.gateway.data_dir, config.path)
+        directory = Directory.open_existing(
+            config.gateway.data_dir, config.path, config.auth.argon2().hasher()
+        )
     except DirectoryError as exc:
         print(f"cannot start: {exc}")
         return 2

@@ -17,6 +17,8 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
+from argon2 import PasswordHasher
+
 from gateway.directory import db
 from gateway.directory.passwords import hash_password, policy_violation, verify_password
 
@@ -141,8 +143,11 @@ class Directory:
     that is waiting for another process's lock.
     """
 
-    def __init__(self, path: Path, create: bool = True) -> None:
+    def __init__(
+        self, path: Path, create: bool = True, hasher: PasswordHasher | None = None
+    ) -> None:
         self.path = path
+        self.hasher = hasher  # argon2id as [auth] configures it; None: the library default
         self._writer = db.connect(path, create=create)
         self._lock = threading.RLock()
         self._local = threading.local()
@@ -150,12 +155,14 @@ class Directory:
         self._readers_lock = threading.Lock()
 
     @classmethod
-    def for_data_dir(cls, data_dir: Path) -> Directory:
+    def for_data_dir(cls, data_dir: Path, hasher: PasswordHasher | None = None) -> Directory:
         """Open the directory of ``data_dir``, creating it if missing (init, mailbox add)."""
-        return cls(database_path(data_dir))
+        return cls(database_path(data_dir), hasher=hasher)
 
     @classmethod
-    def open_existing(cls, data_dir: Path, config_path: Path | None = None) -> Directory:
+    def open_existing(
+        cls, data_dir: Path, config_path: Path | None = None, hasher: PasswordHasher | None = None
+    ) -> Directory:
         """Open the directory of ``data_dir``; never create it (``serve``).
 
         A mistyped data_dir must stop the gateway, not give it an empty directory
@@ -163,7 +170,7 @@ class Directory:
         """
         path = database_path(data_dir)
         try:
-            return cls(path, create=False)
+            return cls(path, create=False, hasher=hasher)
         except FileNotFoundError:
             raise DirectoryMissing(path, config_path) from None
         except (OSError, sqlite3.DatabaseError) as exc:
@@ -346,7 +353,9 @@ class Directory:
         rows = []
         for form, password in items:
             form = self.validate(form, password)
-            password_hash = hash_password(password) if password and form.kind != "group" else None
+            password_hash = (
+                hash_password(password, self.hasher) if password and form.kind != "group" else None
+            )
             now = now_text()
             rows.append(
                 asdict(form)
@@ -380,17 +389,18 @@ class Directory:
         problem = policy_violation(password, mailbox.address)
         if problem:
             raise DirectoryError(f"password refused: {problem}")
+        new_hash = hash_password(password, self.hasher)
         with self._transaction() as conn:
             conn.execute(
                 "UPDATE mailboxes SET password_hash = ?, must_change = ?,"
                 " password_changed_at = ? WHERE address = ?",
-                (hash_password(password), int(must_change), now_text(), mailbox.address),
+                (new_hash, int(must_change), now_text(), mailbox.address),
             )
 
     def check_password(self, address: str, password: str) -> bool:
         """Whether ``password`` is the mailbox's current one; no access is recorded."""
         rows = self._query("SELECT password_hash FROM mailboxes WHERE address = ?", (address,))
-        return verify_password(rows[0]["password_hash"] if rows else None, password)
+        return verify_password(rows[0]["password_hash"] if rows else None, password, self.hasher)
 
     def authenticate(self, login: str, password: str) -> Mailbox | None:
         """The mailbox if the password matches and its state allows logging in
@@ -398,7 +408,7 @@ class Directory:
         rows = self._query("SELECT * FROM mailboxes WHERE address = ?", (login.strip(),))
         row = rows[0] if rows else None
         # Verify even for unknown users, so timing does not reveal which addresses exist.
-        ok = verify_password(row["password_hash"] if row else None, password)
+        ok = verify_password(row["password_hash"] if row else None, password, self.hasher)
         if not ok or row is None or row["state"] not in CAN_AUTHENTICATE:
             return None
         self.record_access(row["address"])
@@ -410,9 +420,27 @@ class Directory:
         rows = self._query("SELECT * FROM mailboxes WHERE address = ?", (login.strip(),))
         row = rows[0] if rows else None
         # Verify even for unknown users, so timing does not reveal which addresses exist.
-        if not verify_password(row["password_hash"] if row else None, password) or row is None:
+        stored = row["password_hash"] if row else None
+        if not verify_password(stored, password, self.hasher) or row is None:
             return None
         return self.get(row["address"])
+
+    def login_record(self, login: str) -> tuple[Mailbox, str | None] | None:
+        """The mailbox and its stored hash, in one cheap read: the authenticator checks
+        every login (cached or not) against the row as it is now, so a change made by
+        another process (the CLI, maintenance) counts at once."""
+        rows = self._query("SELECT * FROM mailboxes WHERE address = ?", (login.strip(),))
+        return (_mailbox(rows[0]), rows[0]["password_hash"]) if rows else None
+
+    def upgrade_password_hash(self, address: str, old_hash: str, new_hash: str) -> bool:
+        """Store a re-made hash of the same password (new argon2 parameters), unless the
+        password changed meanwhile; not a password change, so no date or flag moves."""
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE mailboxes SET password_hash = ? WHERE address = ? AND password_hash = ?",
+                (new_hash, address, old_hash),
+            )
+        return cursor.rowcount == 1
 
     def login_refusal(self, login: str) -> str | None:
         """Why a correct password would still be refused, for the event log only."""

@@ -6,15 +6,35 @@ import contextlib
 import secrets
 import string
 import unicodedata
+from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-_HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
+
+@dataclass(frozen=True, slots=True)
+class Argon2Params:
+    """argon2id cost per hash; the defaults are RFC 9106's second recommended option
+    (the library's own default): 64 MiB, 3 passes, 4 lanes."""
+
+    memory_kib: int = 65536
+    time_cost: int = 3
+    parallelism: int = 4
+
+    def hasher(self) -> PasswordHasher:
+        return PasswordHasher(
+            time_cost=self.time_cost, memory_cost=self.memory_kib, parallelism=self.parallelism
+        )
+
+
+# Used when a caller names no hasher (tests swap it for a cheap one); serve and the CLI
+# pass the one built from [auth].
+_HASHER = Argon2Params().hasher()
 MIN_LENGTH = 8
 
 
-_DUMMY_HASHES: dict[int, str] = {}  # per hasher: a dummy costs what that hasher's hashes cost
+# Per parameter set: a dummy costs what that hasher's hashes cost.
+_DUMMY_HASHES: dict[tuple[int, int, int], str] = {}
 
 
 def normalized(password: str) -> str:
@@ -22,24 +42,40 @@ def normalized(password: str) -> str:
     return unicodedata.normalize("NFC", password)
 
 
-def hash_password(password: str) -> str:
-    return _HASHER.hash(normalized(password))
+def hash_password(password: str, hasher: PasswordHasher | None = None) -> str:
+    return (hasher or _HASHER).hash(normalized(password))
 
 
-def verify_password(stored_hash: str | None, password: str) -> bool:
+def verify_password(
+    stored_hash: str | None, password: str, hasher: PasswordHasher | None = None
+) -> bool:
     """A missing or damaged hash never matches, and costs as much as a real check, so the
     time taken does not tell unknown addresses (or groups) from real ones."""
+    return check_password(stored_hash, password, hasher)[0]
+
+
+def check_password(
+    stored_hash: str | None, password: str, hasher: PasswordHasher | None = None
+) -> tuple[bool, bool]:
+    """(matches, needs a new hash): a match made with other parameters than ``hasher``'s
+    is upgraded by the caller (argon2-cffi's ``check_needs_rehash``)."""
+    hasher = hasher or _HASHER
     if not stored_hash:
-        dummy = _DUMMY_HASHES.get(id(_HASHER))
+        cost = (hasher.time_cost, hasher.memory_cost, hasher.parallelism)
+        dummy = _DUMMY_HASHES.get(cost)
         if dummy is None:
-            dummy = _DUMMY_HASHES[id(_HASHER)] = _HASHER.hash(secrets.token_hex(16))
+            dummy = _DUMMY_HASHES[cost] = hasher.hash(secrets.token_hex(16))
         with contextlib.suppress(VerificationError, InvalidHashError):
-            _HASHER.verify(dummy, "")
-        return False
+            hasher.verify(dummy, "")
+        return False, False
     try:
-        return _HASHER.verify(stored_hash, normalized(password))
+        hasher.verify(stored_hash, normalized(password))
     except (VerificationError, InvalidHashError):
-        return False
+        return False, False
+    try:
+        return True, hasher.check_needs_rehash(stored_hash)
+    except (InvalidHashError, ValueError):
+        return True, True
 
 
 def policy_violation(password: str, account: str) -> str | None:
@@ -71,3 +107,33 @@ def generate_password(account: str, length: int = 14) -> str:
             for group in (string.ascii_uppercase, string.ascii_lowercase, string.digits)
         ):
             return candidate
+
+
+# OWASP Password Storage Cheat Sheet: argon2id configurations of equal strength, p=1.
+OWASP_MINIMUMS = ((47104, 1), (19456, 2), (12288, 3), (9216, 4), (7168, 5))
+# RFC 9106 4: first recommended option (2 GiB, t=1, p=4), second (64 MiB, t=3, p=4).
+RFC9106_OPTIONS = ((2097152, 1), (65536, 3))
+
+
+def meets_owasp(params: Argon2Params) -> bool:
+    return any(params.memory_kib >= m and params.time_cost >= t for m, t in OWASP_MINIMUMS)
+
+
+def meets_rfc9106(params: Argon2Params) -> bool:
+    return any(params.memory_kib >= m and params.time_cost >= t for m, t in RFC9106_OPTIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class HashCost:
+    wall_seconds: float
+    cpu_seconds: float  # all threads (argon2 runs its lanes on threads of its own)
+
+
+def measure_cost(params: Argon2Params) -> HashCost:
+    """What one verification costs on this machine (a hash costs the same)."""
+    import time
+
+    hasher = params.hasher()
+    wall, cpu = time.perf_counter(), time.process_time()
+    hasher.hash(secrets.token_hex(16))
+    return HashCost(time.perf_counter() - wall, time.process_time() - cpu)

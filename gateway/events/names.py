@@ -21,6 +21,7 @@ KNOWN_EVENTS: tuple[str, ...] = (
     "command_rejected",
     "auth_success",
     "auth_failure",
+    "password_rehashed",
     "mail_rejected",
     "rcpt_rejected",
     "protocol_error",

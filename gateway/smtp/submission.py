@@ -1,8 +1,8 @@
 """The submission listeners (STARTTLS and implicit TLS): mail clients, AUTH PLAIN/LOGIN
 required before MAIL FROM.
 
-Credentials go to the shared Authenticator (throttle, directory, argon2 on its own
-threads); every attempt is an event, never with the password. "Must change" does
+Credentials go to the shared Authenticator (throttle, directory, cache, argon2 on its
+own threads), which records every attempt as an event, never with the password. "Must change" does
 not block AUTH: SMTP has no way to change a password (MOST 15.2 is shown where the
 user can act). As an MSA may (RFC 6409 8.2, 8.3), a missing Date: or Message-ID:
 is added, so the stored mail and its events have both.
@@ -44,21 +44,18 @@ class SubmissionHandler(SessionHandler):
         login = credentials.login.decode("utf-8", "replace")
         password = credentials.password.decode("utf-8", "replace")
         client = client_address(server.session)
-        result = await self.services.authenticator.login(login, password, client)
+
+        def emit(event: str, **fields: Any) -> None:
+            self._emit(server, event, mechanism=mechanism, **fields)
+
+        result = await self.services.authenticator.login(
+            login, password, client, emit, success_code=235
+        )
         if result.mailbox is None:
             assert result.reply is not None
-            self._emit(
-                server, "auth_failure", user=result.user, mechanism=mechanism,
-                code=result.reply.code, reason=result.reason,
-            )  # fmt: skip
             return AuthResult(success=False, handled=False, message=str(result.reply))
-        mailbox = result.mailbox
-        server.session.user = mailbox.address
-        self._emit(
-            server, "auth_success", mechanism=mechanism, code=235,
-            must_change=mailbox.must_change or None,
-        )  # fmt: skip
-        return AuthResult(success=True, auth_data=mailbox.address, message=AUTH_OK)
+        server.session.user = result.mailbox.address
+        return AuthResult(success=True, auth_data=result.mailbox.address, message=AUTH_OK)
 
     async def check_sender(
         self, server: GatewaySMTP, session: GatewaySession, address: str

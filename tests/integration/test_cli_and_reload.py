@@ -140,11 +140,18 @@ def test_check_config_prints_the_data_paths_and_warns_about_the_directory(
         f"spool dir: {var / 'spool'}",
         f"log dir: {var / 'log'}",
     ]
-    assert lines[4] == (
+    # Then what a login costs with [auth]'s argon2id (the defaults: within the minimums).
+    assert lines[4].startswith("argon2id m=65536 KiB t=3 p=4: ")
+    assert lines[5].startswith("login cache: up to 50000 logins for 3600 s")
+    assert lines[6:8] == [
+        "argon2id meets OWASP's minimum (m=19 MiB t=2 p=1, or m=46 MiB t=1): yes",
+        "argon2id meets RFC 9106's second recommended option (m=64 MiB t=3 p=4): yes",
+    ]
+    assert lines[8] == (
         f"warning: the directory {var / 'directory.sqlite3'} holds no mailbox: every local"
         " recipient gets 550 user unknown (add one with `mailgate mailbox add`)"
     )
-    assert lines[5:] == [f"{gateway.config_path}: OK (1 warning(s))"]
+    assert lines[9:] == [f"{gateway.config_path}: OK (1 warning(s))"]
 
     sections = gateway.sections()
     sections["gateway"]["data_dir"] = "vra"

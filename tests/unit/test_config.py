@@ -489,3 +489,50 @@ def test_bad_delivery_tls_ca_file(tmp_path: Path, content: bytes | None, says: s
     raw = data(delivery={"tls_ca_file": "ca.pem"})
     problem = only_problem(raw, tmp_path, "delivery.tls_ca_file")
     assert says in problem
+
+
+def test_auth_cache_and_argon2_keys(tmp_path: Path) -> None:
+    defaults = parse_config(data(), tmp_path / "gw.toml").auth
+    assert (defaults.cache_ttl_seconds, defaults.cache_size, defaults.hash_workers) == (
+        3600.0,
+        50_000,
+        None,
+    )
+    assert (defaults.argon2_memory_kib, defaults.argon2_time_cost) == (65536, 3)
+    assert defaults.argon2_parallelism == 4
+    keys = {
+        "cache_ttl_seconds": 600,
+        "cache_size": 0,
+        "hash_workers": 1,
+        "argon2_memory_kib": 19456,
+        "argon2_time_cost": 2,
+        "argon2_parallelism": 1,
+    }
+    auth = parse_config(data(auth=keys), tmp_path / "gw.toml").auth
+    assert (auth.cache_ttl_seconds, auth.cache_size, auth.hash_workers) == (600.0, 0, 1)
+    assert (auth.argon2().memory_kib, auth.argon2().time_cost, auth.argon2().parallelism) == (
+        19456,
+        2,
+        1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("keys", "key", "says"),
+    [
+        ({"cache_size": -1}, "auth.cache_size", "write 0 for none"),
+        ({"hash_workers": 0}, "auth.hash_workers", "positive integer"),
+        ({"cache_ttl_seconds": "1h"}, "auth.cache_ttl_seconds", "seconds"),
+        ({"argon2_memory_kib": 16}, "auth.argon2_memory_kib", "write at least 32"),
+        ({"argon2_memory_kib": 8 * 1024 * 1024}, "auth.argon2_memory_kib", "write at most"),
+        ({"argon2_parallelism": 1000, "argon2_memory_kib": 65536}, "auth.argon2_parallelism",
+         "at most 255"),
+        ({"argon2_time_cost": 0}, "auth.argon2_time_cost", "positive integer"),
+        ({"argon2_memory": 65536}, "auth.argon2_memory", 'did you mean "argon2_memory_kib"'),
+    ],
+)  # fmt: skip
+def test_auth_mistakes_name_the_key_and_the_fix(
+    tmp_path: Path, keys: dict[str, Any], key: str, says: str
+) -> None:
+    problem = only_problem(data(auth=keys), tmp_path, key)
+    assert says in problem, problem

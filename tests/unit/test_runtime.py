@@ -73,3 +73,31 @@ def config_text(domains: list[str]) -> str:
     sections = {name: dict(values) for name, values in MINIMAL_CONFIG.items()}
     sections["gateway"]["domains"] = domains
     return render_toml(sections)
+
+
+async def test_a_reload_takes_new_argon2_parameters_and_cache_limits(tmp_path: Path) -> None:
+    sections = {name: dict(values) for name, values in MINIMAL_CONFIG.items()}
+    sections["auth"] = {"argon2_memory_kib": 8, "argon2_time_cost": 1, "argon2_parallelism": 1}
+    config = make_config(tmp_path)
+    config.path.write_text(render_toml(sections))
+    runtime = Runtime(runtime_module.load_config(config.path))
+    workers = runtime.authenticator.workers
+    sections["auth"] = {
+        "argon2_memory_kib": 16, "argon2_time_cost": 2, "argon2_parallelism": 1,
+        "cache_ttl_seconds": 60, "cache_size": 10, "hash_workers": workers + 1,
+    }  # fmt: skip
+    config.path.write_text(render_toml(sections))
+    assert await runtime.reload() is True
+    auth = runtime.authenticator
+    assert (auth.hasher.memory_cost, auth.hasher.time_cost) == (16, 2)
+    assert runtime.directory.hasher is auth.hasher, "new passwords are hashed the new way"
+    assert (auth.cache.ttl, auth.cache.size) == (60, 10)
+    assert auth.workers == workers  # the pool keeps its size until a restart, and says so
+    records = [
+        json.loads(line)
+        for path in runtime.config.log.dir.glob("events-*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    (reloaded,) = [r for r in records if r["event"] == "config_reloaded"]
+    assert "auth.hash_workers" in reloaded["reason"]
+    await runtime.close()
