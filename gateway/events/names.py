@@ -27,6 +27,7 @@ KNOWN_EVENTS: tuple[str, ...] = (
     "protocol_error",
     # the IMAP proxy (also session_*, auth_*, tls_failed, connection_refused, protocol_error)
     "upstream_unavailable",
+    "login_refused",
     # messages
     "message_accepted",
     "message_rejected",

@@ -19,13 +19,13 @@ import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
+from gateway.imap.pipe import Pipe
 from gateway.imap.syntax import Command, LineTooLong, Malformed, read_command, read_line
 from gateway.imap.upstream import Upstream, UpstreamError, open_session
 
 if TYPE_CHECKING:
     from gateway.imap.server import ImapServices
 
-COPY_CHUNK = 256 * 1024
 MAX_BAD_COMMANDS = 10
 HANDSHAKE_SECONDS = 10.0
 
@@ -243,16 +243,18 @@ class ImapSession:
             await self.send(f"{command.tag} NO [PRIVACYREQUIRED] Use STARTTLS first"
                             " [imap.require_tls_for_auth]")  # fmt: skip
             return None
-        result = await self.services.authenticator.login(login, password, self.client[0])
+
+        def emit(event: str, **fields: Any) -> None:  # the authenticator records the login
+            self.emit(event, mechanism=mechanism, **fields)
+
+        result = await self.services.authenticator.login(login, password, self.client[0], emit)
         if result.mailbox is None:
             assert result.reply is not None
-            self.emit("auth_failure", user=result.user, mechanism=mechanism,
-                      code=result.reply.code, reason=result.reason)  # fmt: skip
             await self.send(f"{command.tag} NO [AUTHORIZATIONFAILED] {result.reply.text}")
             return None
         mailbox = result.mailbox
         if mailbox.must_change and config.refuse_must_change:
-            self.emit("auth_failure", user=mailbox.address, mechanism=mechanism,
+            self.emit("login_refused", user=mailbox.address, mechanism=mechanism,
                       reason="password must be changed [imap.refuse_must_change]")  # fmt: skip
             await self.send(f"{command.tag} NO [EXPIRED] Your password must be changed before"
                             " you can read mail (MOST 15.2) [imap.refuse_must_change]")  # fmt: skip
@@ -274,7 +276,6 @@ class ImapSession:
                             " try again later [imap.upstream]")  # fmt: skip
             return None
         self.user = mailbox.address
-        self.emit("auth_success", mechanism=mechanism, must_change=mailbox.must_change or None)
         if mailbox.must_change:
             await self.send("* OK [ALERT] Your password must be changed (MOST 15.2): ask your"
                             " mail operator until the self-service page is set up")  # fmt: skip
@@ -284,25 +285,21 @@ class ImapSession:
     # -- after login ---------------------------------------------------------------
 
     async def _pipe(self, upstream: Upstream) -> None:
-        """Copy both ways until either side ends; each direction waits for its drain."""
-        up = asyncio.create_task(self._copy(self.reader, upstream.writer, True))
-        down = asyncio.create_task(self._copy(upstream.reader, self.writer, False))
+        """Join the two connections (``pipe.py``) until either side ends."""
+        pending_up = bytes(self.reader._buffer)  # commands pipelined behind LOGIN
+        pending_down = bytes(upstream.reader._buffer)  # asyncio has no public take-all
+        self.reader._buffer.clear()
+        upstream.reader._buffer.clear()
+        client_transport = self.writer.transport
+        store_transport = upstream.writer.transport
+        pipe = Pipe(client_transport, store_transport)  # type: ignore[arg-type]
+        counts = pipe.start(pending_up, pending_down)
+        for transport in (client_transport, store_transport):
+            transport.resume_reading()  # a StreamReader may have paused it
         try:
-            done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
-            self.end_reason = "closed by the client" if up in done else "closed by the store"
+            await asyncio.shield(counts.done)
+            self.end_reason = f"closed by the {counts.ended_by}"
         finally:
-            for task in (up, down):
-                task.cancel()
-            await asyncio.gather(up, down, return_exceptions=True)
-            upstream.writer.close()
-
-    async def _copy(
-        self, source: asyncio.StreamReader, target: asyncio.StreamWriter, from_client: bool
-    ) -> None:
-        while data := await source.read(COPY_CHUNK):
-            if from_client:
-                self.bytes_from_client += len(data)
-            else:
-                self.bytes_to_client += len(data)
-            target.write(data)
-            await target.drain()
+            pipe.close()
+            self.bytes_from_client += counts.from_client
+            self.bytes_to_client += counts.to_client

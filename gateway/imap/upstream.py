@@ -16,6 +16,10 @@ from dataclasses import dataclass
 
 from gateway.imap.syntax import quote
 
+# The store's side of the pipe: StreamReader stops reading at twice its limit, so a small
+# one would cap a 10 MB FETCH at a few chunks per event-loop turn.
+PIPE_LIMIT = 1 << 20
+
 
 class UpstreamError(Exception):
     """The store could not be reached or refused the session; the text is for events."""
@@ -60,7 +64,7 @@ async def open_session(
     """Connect, send ID, log in as ``user*master``; UpstreamError when that fails in time."""
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, limit=1 << 16)
+            reader, writer = await asyncio.open_connection(host, port, limit=PIPE_LIMIT)
     except (OSError, TimeoutError) as exc:
         raise UpstreamError(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from None
     try:

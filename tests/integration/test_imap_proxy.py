@@ -302,3 +302,44 @@ def test_a_10_mb_fetch_arrives_intact(gateway: Gateway, dovecot: PrivateDovecot)
         _, parts = client.fetch(data[0], "(BODY.PEEK[])")
         client.logout()
     assert parts[0][1] == direct and len(direct) > 13 * MIB
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_client_that_stops_reading_is_not_buffered_in_memory(gateway: Gateway) -> None:
+    """Back-pressure: the store is held back, the proxy keeps about a buffer's worth."""
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "x@other.gov.vn", AN, "Lớn"
+    message.set_content("Kèm theo.")
+    message.add_attachment(
+        os.urandom(12 * MIB), maintype="application", subtype="octet-stream", filename="b.bin"
+    )
+    with smtplib.SMTP("127.0.0.1", gateway.inbound_port, timeout=120) as smtp:
+        smtp.send_message(message)
+    raw = Raw(gateway.imap_port)
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    raw.send(b"a LOGIN an@example.gov.vn " + PASSWORDS[AN].encode() + b"\r\n")
+    raw.until(b"a")
+    raw.send(b"b SELECT INBOX\r\n")
+    exists = next(line for line in raw.until(b"b") if line.endswith(b"EXISTS"))
+    assert gateway.process is not None
+    before = rss_kib(gateway.process.pid)
+    raw.send(b"c FETCH " + exists.split()[1] + b" (BODY.PEEK[])\r\n")
+    time.sleep(1.5)  # not reading: the proxy must stop reading the store too
+    grown = rss_kib(gateway.process.pid) - before
+    assert grown < 6 * 1024, f"serve grew by {grown} KiB for a client that reads nothing"
+    received = 0
+    raw.sock.settimeout(30)
+    while received < 16 * MIB:  # and everything still arrives once the client reads
+        chunk = raw.sock.recv(1 << 20)
+        assert chunk
+        received += len(chunk)
+        if chunk.rstrip().endswith(b"c OK Fetch completed."):
+            break
+    assert received > 16 * MIB
+    raw.close()

@@ -15,6 +15,7 @@ from gateway.config import (
     ConfigError,
     DeliveryTarget,
     ListenAddress,
+    advisories,
     check_ports_free,
     load_config,
     parse_config,
@@ -536,3 +537,49 @@ def test_auth_mistakes_name_the_key_and_the_fix(
 ) -> None:
     problem = only_problem(data(auth=keys), tmp_path, key)
     assert says in problem, problem
+
+
+def imap_section(secret: Path, **keys: Any) -> dict[str, Any]:
+    return {
+        "listen": "127.0.0.1:1430",
+        "upstream": f"127.0.0.1:{free_ports(1)[0]}",
+        "upstream_master_user": "gateway",
+        "upstream_master_password_file": str(secret),
+        "require_tls_for_auth": False,
+        **keys,
+    }
+
+
+def test_imap_master_password_file_must_exist_and_be_private(tmp_path: Path) -> None:
+    secret = tmp_path / "imap-master"
+    missing = only_problem(
+        data(imap=imap_section(secret)), tmp_path, "imap.upstream_master_password_file"
+    )
+    assert "cannot read" in missing
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    shown = only_problem(
+        data(imap=imap_section(secret)), tmp_path, "imap.upstream_master_password_file"
+    )
+    assert "readable by every user (mode 644); run chmod 600" in shown
+    assert "s3cret" not in shown
+    secret.chmod(0o600)
+    config = parse_config(data(imap=imap_section(secret)), tmp_path / "gw.toml")
+    assert config.imap is not None and config.imap.check_interval == 2.0
+    (warning,) = [w for w in advisories(config) if w.startswith("imap.upstream")]
+    assert "does not answer" in warning and "NO [UNAVAILABLE]" in warning
+
+
+def test_imap_tls_needs_the_certificate(tmp_path: Path) -> None:
+    secret = tmp_path / "imap-master"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    problem = only_problem(
+        data(imap=imap_section(secret, require_tls_for_auth=True)), tmp_path,
+        "imap.require_tls_for_auth",
+    )  # fmt: skip
+    assert "no smtp.tls_cert/tls_key" in problem
+    problem = only_problem(
+        data(imap=imap_section(secret, listen_tls="127.0.0.1:9933")), tmp_path, "imap.listen_tls"
+    )
+    assert "IMAPS needs smtp.tls_cert" in problem
