@@ -343,3 +343,27 @@ def test_a_client_that_stops_reading_is_not_buffered_in_memory(gateway: Gateway)
             break
     assert received > 16 * MIB
     raw.close()
+
+
+def test_a_password_that_must_change_gets_an_alert_or_a_refusal(
+    make_gateway: Callable[..., Gateway], dovecot: PrivateDovecot, sink: Sink
+) -> None:
+    for refuse in (False, True):
+        gateway = proxy_gateway(make_gateway, dovecot, sink, refuse_must_change=refuse)
+        directory = Directory.for_data_dir(gateway.workdir / "var")
+        try:
+            directory.set_password(CHI, PASSWORDS[CHI], must_change=True)
+        finally:
+            directory.close()
+        raw = Raw(gateway.imap_port)
+        raw.send(b"a LOGIN chi@example.gov.vn " + PASSWORDS[CHI].encode() + b"\r\n")
+        lines = raw.until(b"a")
+        raw.close()
+        if refuse:
+            assert lines[-1].startswith(b"a NO [EXPIRED]") and b"MOST 15.2" in lines[-1]
+            refused = gateway.wait_event("login_refused")
+            assert "[imap.refuse_must_change]" in refused["reason"]
+        else:
+            assert any(line.startswith(b"* OK [ALERT]") for line in lines)
+            assert lines[-1].startswith(b"a OK")
+        gateway.stop()
