@@ -14,7 +14,7 @@ import asyncio
 import logging
 import ssl
 from collections import Counter
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.directory.lifecycle import effective_state
 from gateway.directory.mailboxes import CAN_AUTHENTICATE
@@ -22,7 +22,7 @@ from gateway.imap.session import ImapSession
 
 if TYPE_CHECKING:
     from gateway.auth import Authenticator
-    from gateway.config import Config
+    from gateway.config import Config, ListenAddress
     from gateway.directory.mailboxes import Directory
     from gateway.events.writer import EventLog
 
@@ -58,37 +58,25 @@ class ImapProxy:
         self.sessions: set[ImapSession] = set()
         self.per_client: Counter[str] = Counter()
         self._servers: list[asyncio.Server] = []
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> list[str]:
         """Bind ``imap.listen`` (and ``imap.listen_tls``); returns what was bound."""
         config = self.services.config.imap
         assert config is not None
-        bound = []
-        self._servers.append(
-            await asyncio.start_server(
-                lambda r, w: self._accept(r, w, "imap"),
-                config.listen.host,
-                config.listen.port,
-                limit=LINE_LIMIT,
-                reuse_address=True,
-            )
-        )
-        bound.append(f"imap {config.listen}")
+        bound = [await self._listen("imap", config.listen)]
         if config.listen_tls is not None:
-            self._servers.append(
-                await asyncio.start_server(
-                    lambda r, w: self._accept(r, w, "imaps"),
-                    config.listen_tls.host,
-                    config.listen_tls.port,
-                    limit=LINE_LIMIT,
-                    reuse_address=True,
-                    ssl=self._current_tls(),
-                    ssl_handshake_timeout=HANDSHAKE_SECONDS,
-                )
-            )
-            bound.append(f"imaps {config.listen_tls}")
+            bound.append(await self._listen("imaps", config.listen_tls, ssl=self._current_tls()))
         return bound
+
+    async def _listen(self, name: str, address: ListenAddress, **tls: Any) -> str:
+        if tls:
+            tls["ssl_handshake_timeout"] = HANDSHAKE_SECONDS
+        server = await asyncio.start_server(
+            lambda r, w: self._accept(r, w, name),
+            address.host, address.port, limit=LINE_LIMIT, reuse_address=True, **tls,
+        )  # fmt: skip
+        self._servers.append(server)
+        return f"{name} {address}"
 
     def _current_tls(self) -> ssl.SSLContext:
         context = self.services.tls
