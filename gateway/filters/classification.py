@@ -478,13 +478,20 @@ def validate(cfg: Config) -> list[str]:
 _INLINE_CHARS = 256 * 1024
 
 
-@register(RULE, Config, validate=validate)
+@register(RULE, Config, validate=validate, scan=find_marker)
 async def check(ctx: MessageContext, cfg: Config) -> Verdict:
-    texts = (await ctx.inspection()).texts
-    if sum(len(t.text) for t in texts) <= _INLINE_CHARS:
-        finding = find_marker(texts, cfg)
+    inspection = await ctx.inspection()
+    done = inspection.scan(RULE, cfg)
+    if done is not None:  # matched in the parse's worker, beside the texts
+        if done.error is not None:
+            raise RuntimeError(f"classification scan failed: {done.error}")
+        finding = done.value if isinstance(done.value, Finding) else None
+    elif inspection.elided:
+        raise RuntimeError("texts were left out, but not for these rules")
+    elif sum(len(t.text) for t in inspection.texts) <= _INLINE_CHARS:
+        finding = find_marker(inspection.texts, cfg)
     else:
-        finding = await asyncio.to_thread(find_marker, texts, cfg)
+        finding = await asyncio.to_thread(find_marker, inspection.texts, cfg)
     if finding is None:
         return Verdict.accept()
     return Verdict.reject(

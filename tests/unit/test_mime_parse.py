@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.mime.model import Inspection, InspectionLimits
-from gateway.mime.parse import inspect_body, inspect_light
+from gateway.mime.model import Inspection, InspectionLimits, Scan, TextSource
+from gateway.mime.parse import ELIDE_FROM, inspect_body, inspect_light
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "mime" / "corpus"
 LIMITS = InspectionLimits()
@@ -598,3 +598,41 @@ def test_large_unreadable_attachment_is_measured_not_kept(monkeypatch):
     ]
     assert decoded == [1]  # only the PDF, which is read
     assert result.attachment_bytes == len(png) + len(PDF_MAGIC) * 100
+
+
+# --- scans beside the parse -------------------------------------------------------------
+
+
+def longest(texts: tuple[TextSource, ...], config: int) -> object:
+    """A scan: the length of the longest text, plus ``config``."""
+    return max(len(t.text) for t in texts) + config
+
+
+def failing(texts: tuple[TextSource, ...], config: object) -> object:
+    raise ValueError("bad rule")
+
+
+def test_scans_run_over_every_text_then_long_bodies_are_left_out():
+    long_text = "x" * ELIDE_FROM
+    raw = mixed(
+        "Content-Type: text/plain\n\nshort body\n",
+        "Content-Type: text/plain\nContent-Disposition: attachment; filename=long.txt\n\n"
+        + long_text
+        + "\n",
+    )
+    full = inspect(raw)
+    result = inspect_body(b"", raw, None, LIMITS, (Scan("a", longest, 1), Scan("b", failing, 0)))
+    assert result.scan("a", 1).value == ELIDE_FROM + 2  # the long text, with its line end
+    assert result.scan("a", 2) is None  # other settings: no result
+    assert result.scan("b", 0).error == "ValueError: bad rule"
+    assert result.elided == 1
+    assert result.texts == tuple(t for t in full.texts if t.kind != "attachment")
+    assert texts(result)["body"] == "short body\n"
+    assert texts(result, "filename")["attachment long.txt"] == "long.txt"
+    assert inspect_body(b"", raw, None, LIMITS) == full  # no scans: every text
+
+
+def test_scans_do_not_run_on_a_message_that_cannot_be_inspected():
+    raw = crlf('Content-Type: multipart/mixed; boundary="B"\n\nno boundary\n')
+    result = inspect_body(b"", raw, None, LIMITS, (Scan("b", failing, 0),))
+    assert result.problems and result.scans == ()

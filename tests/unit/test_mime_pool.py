@@ -19,7 +19,7 @@ import gateway.mime.pool as pool_module
 from gateway.mime.model import InspectionLimits
 from gateway.mime.pool import Inspector
 from gateway.spool import Body
-from tests.unit.test_mime_extract import attach, deflated_member
+from tests.unit.test_mime_extract import attach, deflated_member, docx_bytes
 
 MiB = 1024 * 1024
 
@@ -252,3 +252,26 @@ async def test_worker_peak_stays_small_for_a_28_mb_message_also_the_second_time(
         assert result.problems == ()
     growth = (await inspector.worker_peak_rss() - idle) / size
     assert growth < 0.25, growth
+
+
+async def test_classification_scan_runs_in_the_worker_and_long_texts_stay_there(inspector):
+    """The rules match where the text was extracted; the 2 M characters of an office
+    file never cross the pipe, only the finding."""
+    from gateway.filters import classification
+    from gateway.mime.model import Scan
+
+    cfg = classification.Config()
+    scans = (Scan("classification", classification.find_marker, cfg),)
+    padding = ("Thân mật, đổi mật khẩu hằng tháng.\n" * 3000).encode()
+    raw = attach(docx_bytes(), "bao-cao.docx").replace(
+        b"see attachment", b"see attachment\r\n" + padding.replace(b"\n", b"\r\n")
+    )
+    result = await inspector.inspect(Body.from_bytes(raw), scans=scans)
+    assert result.problems == ()
+    found = result.scan("classification", cfg)
+    assert found is not None and found.value == classification.find_marker(
+        (await inspector.inspect(Body.from_bytes(raw))).texts, cfg
+    )
+    assert found.value.location.startswith("attachment bao-cao.docx")
+    assert result.elided == 1  # the long body; the .docx's own text is short
+    assert all(len(t.text) < 64 * 1024 for t in result.texts)
