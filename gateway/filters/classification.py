@@ -138,13 +138,14 @@ _NEEDS_PREPARING = re.compile("[" + re.escape("".join(map(chr, _PREPARE))) + "]"
 def _prepare(text: str) -> str:
     """NFC, one kind of line break and dash, no invisible characters. A megabyte of an
     office file's text is the usual input: translate only when there is something to
-    translate (a C-speed search first; translate with a table is ~50 ns a character)."""
-    text = text.replace("\r\n", "\n")
+    translate (a C-speed search first; translate with a table is ~50 ns a character).
+    ``normalize`` returns NFC text as it is, after the same quick check that
+    ``is_normalized`` makes, in less time (1.5 against 2.4 ms for 2 M characters)."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
     if _NEEDS_PREPARING.search(text):
         text = text.translate(_PREPARE)
-    if not unicodedata.is_normalized("NFC", text):
-        text = unicodedata.normalize("NFC", text)
-    return text
+    return unicodedata.normalize("NFC", text)
 
 
 def _filename_text(name: str) -> str:
