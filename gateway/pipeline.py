@@ -23,7 +23,7 @@ from enum import Enum
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.mime.model import Inspection
+from gateway.mime.model import Inspection, Scan, ScanFunction
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
 from gateway.spool import Body
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from gateway.directory.mailboxes import Directory
     from gateway.events.writer import EventLog
 
-Inspect = Callable[[Body], Awaitable[Inspection]]
+# The one parse of a body, running the filters' scans beside it.
+Inspect = Callable[[Body, tuple[Scan, ...]], Awaitable[Inspection]]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class MessageContext:
     header_edits: list[HeaderEdit] = field(default_factory=list)
     # The directory and event log, for filters that act on a mailbox (None in unit tests).
     services: FilterServices | None = None
+    # What the enabled filters want run over the texts where the parse runs (run_filters).
+    scans: tuple[Scan, ...] = ()
     # Recipients RCPT found to be group mailboxes (lower case), for the groups filter.
     group_recipients: frozenset[str] = frozenset()
     # The envelope as received, whatever transforms do to ``recipients`` (the events keep it).
@@ -87,7 +90,7 @@ class MessageContext:
         if self._inspection is None:
             if self.inspector is None:
                 raise RuntimeError("no MIME inspector configured")
-            self._inspection = asyncio.ensure_future(self.inspector(self.body))
+            self._inspection = asyncio.ensure_future(self.inspector(self.body, self.scans))
         found = await asyncio.shield(self._inspection)
         if found.problems:
             raise Uninspectable("; ".join(found.problems))
@@ -208,6 +211,9 @@ class FilterSpec:
     always: bool = False  # not configurable: runs first, whatever the config says
     # Checks beyond the field types (e.g. patterns that must compile): "key: problem; fix".
     validate: Validate | None = None
+    # ``scan(texts, config)``, run beside the parse (in its worker) so that long texts
+    # need not cross to this process; the check reads ``Inspection.scan(name, config)``.
+    scan: ScanFunction | None = None
 
 
 REGISTRY: dict[str, FilterSpec] = {}
@@ -220,12 +226,13 @@ def register(
     default_on: bool = True,
     always: bool = False,
     validate: Validate | None = None,
+    scan: ScanFunction | None = None,
 ) -> Callable[[FilterCheck], FilterCheck]:
     """Class-free registration: one name for module, config table and registry entry.
     Registration order (gateway/filters/__init__.py) is the default run order."""
 
     def decorate(check: FilterCheck) -> FilterCheck:
-        REGISTRY[name] = FilterSpec(name, config_type, check, default_on, always, validate)
+        REGISTRY[name] = FilterSpec(name, config_type, check, default_on, always, validate, scan)
         return check
 
     return decorate
@@ -247,6 +254,11 @@ async def run_filters(
 ) -> Verdict:
     """Run filters in order; the first reject or tempfail wins. Transforms are applied
     to ``ctx`` as they come (``on_transform`` records each one)."""
+    ctx.scans = tuple(
+        Scan(item.spec.name, item.spec.scan, item.config)
+        for item in enabled
+        if item.spec.scan is not None
+    )
     for item in enabled:
         try:
             verdict = await item.spec.check(ctx, item.config)

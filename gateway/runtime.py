@@ -26,7 +26,7 @@ from gateway.directory.cache import AcceptedRecipients
 from gateway.directory.mailboxes import Directory, DirectoryError
 from gateway.events.writer import EventLog
 from gateway.imap.server import ImapProxy
-from gateway.mime.model import Inspection
+from gateway.mime.model import Inspection, Scan
 from gateway.mime.pool import Inspector
 from gateway.pipeline import EnabledFilter
 from gateway.queue import QueueRunner
@@ -130,8 +130,8 @@ class Runtime:
         self._retired_routers: set[asyncio.Task[Any]] = set()
         self._listeners = self._make_listeners()
 
-    async def inspect(self, body: Body) -> Inspection:
-        return await self.inspector.inspect(body)
+    async def inspect(self, body: Body, scans: tuple[Scan, ...] = ()) -> Inspection:
+        return await self.inspector.inspect(body, scans=scans)
 
     # -- relays that outlive their session ---------------------------------------------
 

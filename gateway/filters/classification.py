@@ -138,13 +138,14 @@ _NEEDS_PREPARING = re.compile("[" + re.escape("".join(map(chr, _PREPARE))) + "]"
 def _prepare(text: str) -> str:
     """NFC, one kind of line break and dash, no invisible characters. A megabyte of an
     office file's text is the usual input: translate only when there is something to
-    translate (a C-speed search first; translate with a table is ~50 ns a character)."""
-    text = text.replace("\r\n", "\n")
+    translate (a C-speed search first; translate with a table is ~50 ns a character).
+    ``normalize`` returns NFC text as it is, after the same quick check that
+    ``is_normalized`` makes, in less time (1.5 against 2.4 ms for 2 M characters)."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
     if _NEEDS_PREPARING.search(text):
         text = text.translate(_PREPARE)
-    if not unicodedata.is_normalized("NFC", text):
-        text = unicodedata.normalize("NFC", text)
-    return text
+    return unicodedata.normalize("NFC", text)
 
 
 def _filename_text(name: str) -> str:
@@ -478,13 +479,20 @@ def validate(cfg: Config) -> list[str]:
 _INLINE_CHARS = 256 * 1024
 
 
-@register(RULE, Config, validate=validate)
+@register(RULE, Config, validate=validate, scan=find_marker)
 async def check(ctx: MessageContext, cfg: Config) -> Verdict:
-    texts = (await ctx.inspection()).texts
-    if sum(len(t.text) for t in texts) <= _INLINE_CHARS:
-        finding = find_marker(texts, cfg)
+    inspection = await ctx.inspection()
+    done = inspection.scan(RULE, cfg)
+    if done is not None:  # matched in the parse's worker, beside the texts
+        if done.error is not None:
+            raise RuntimeError(f"classification scan failed: {done.error}")
+        finding = done.value if isinstance(done.value, Finding) else None
+    elif inspection.elided:
+        raise RuntimeError("texts were left out, but not for these rules")
+    elif sum(len(t.text) for t in inspection.texts) <= _INLINE_CHARS:
+        finding = find_marker(inspection.texts, cfg)
     else:
-        finding = await asyncio.to_thread(find_marker, texts, cfg)
+        finding = await asyncio.to_thread(find_marker, inspection.texts, cfg)
     if finding is None:
         return Verdict.accept()
     return Verdict.reject(

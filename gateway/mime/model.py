@@ -7,7 +7,9 @@ can trigger a second parse or a lazy decode on the event loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,28 @@ class TextSource:
     part: str | None = None  # Part.path it came from, if any
 
 
+# A filter's reading of the texts, run where the parse runs (gateway/pipeline.py
+# ``register(scan=...)``): a top-level function, so that it can be sent to a worker.
+ScanFunction = Callable[[Sequence[TextSource], Any], object]
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """What a filter asks the parse to run over the texts: ``function(texts, config)``."""
+
+    name: str  # the filter's name
+    function: ScanFunction
+    config: Any  # the filter's settings (frozen, picklable)
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    name: str
+    config: Any  # the settings it ran with: a filter uses a result only for its own
+    value: object = None
+    error: str | None = None  # the scan raised: the filter must not pass the message
+
+
 @dataclass(frozen=True, slots=True)
 class Inspection:
     parts: tuple[Part, ...]
@@ -64,3 +88,12 @@ class Inspection:
     # Why some part could not be inspected within the caps or at all; non-empty means
     # the message must be refused ("cannot inspect ...").
     problems: tuple[str, ...] = field(default_factory=tuple)
+    # Scans that ran beside the parse. Once they have, long body and attachment texts
+    # are left out of ``texts`` (``elided`` counts them): megabytes of an office file's
+    # text need not cross to the gateway's process when the one rule reading them is done.
+    scans: tuple[ScanResult, ...] = ()
+    elided: int = 0
+
+    def scan(self, name: str, config: object) -> ScanResult | None:
+        """The result of filter ``name``'s scan with these settings, if it ran."""
+        return next((r for r in self.scans if r.name == name and r.config == config), None)

@@ -2,7 +2,8 @@
 NFC text) out.
 
 ``inspect_body`` is a pure top-level function so that it can run in a worker process
-(``pool.py``): it reads a spilled body itself, so 30 MB never crosses a pipe, and it
+(``pool.py``): it reads a spilled body itself, so 30 MB never crosses a pipe (and long
+base64 runs are read back from it a slice at a time, never held whole), and it
 never raises: whatever goes wrong becomes a problem ("cannot inspect ..."), which
 refuses the message with a 5xx instead of passing it unread.
 
@@ -17,6 +18,9 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import contextlib
+import copy
+import dataclasses
 import email.headerregistry
 import email.utils
 import posixpath
@@ -24,13 +28,15 @@ import quopri
 import re
 import time
 import unicodedata
+from collections.abc import Callable, Iterable, Iterator
 from email.feedparser import BufferedSubFile, BytesFeedParser
 from email.message import Message
 from email.policy import Compat32
+from typing import BinaryIO
 
 from gateway.mime import extract, sniff
 from gateway.mime.extract import Budget, MessageLimit, Uninspectable
-from gateway.mime.model import Inspection, InspectionLimits, Part, TextSource
+from gateway.mime.model import Inspection, InspectionLimits, Part, Scan, ScanResult, TextSource
 
 # Bytes fed to the parser at a time. Past glibc's mmap threshold (128 KiB, which the
 # workers keep for big bodies: pool.py) on purpose: the base64 runs built from a chunk
@@ -70,10 +76,42 @@ class NeedsWorker(Exception):
 
 
 def inspect_body(
-    prefix: bytes, data: bytes | None, path: str | None, limits: InspectionLimits
+    prefix: bytes,
+    data: bytes | None,
+    path: str | None,
+    limits: InspectionLimits,
+    scans: tuple[Scan, ...] = (),
 ) -> Inspection:
-    """Inspect ``prefix + data``, or ``prefix`` + the file at ``path``. Never raises."""
-    return _inspect(prefix, data, path, limits, light=False)
+    """Inspect ``prefix + data``, or ``prefix`` + the file at ``path``, and run ``scans``
+    over the texts (``run_scans``). Never raises."""
+    return run_scans(_inspect(prefix, data, path, limits, light=False), scans)
+
+
+# Body and attachment texts this long are left out of the result once the scans have
+# run: an office file's 2 M characters cost ~8 ms to pickle and unpickle.
+ELIDE_FROM = 64 * 1024
+_ELIDABLE = frozenset({"body", "attachment"})
+
+
+def run_scans(found: Inspection, scans: tuple[Scan, ...]) -> Inspection:
+    """Each filter's scan over the texts, here where they are, and then the long body
+    and attachment texts dropped (the filters that read them have their results). A
+    scan that raises is recorded as such: its filter then tempfails, never passes. Not
+    run on a message with problems: it is refused unread anyway."""
+    if not scans or found.problems:
+        return found
+    results = []
+    for scan in scans:
+        try:
+            results.append(
+                ScanResult(scan.name, scan.config, scan.function(found.texts, scan.config))
+            )
+        except Exception as exc:  # recorded: the filter's check raises it in the gateway
+            results.append(ScanResult(scan.name, scan.config, error=f"{type(exc).__name__}: {exc}"))
+    kept = tuple(t for t in found.texts if t.kind not in _ELIDABLE or len(t.text) < ELIDE_FROM)
+    return dataclasses.replace(
+        found, texts=kept, scans=tuple(results), elided=len(found.texts) - len(kept)
+    )
 
 
 def inspect_light(data: bytes, limits: InspectionLimits) -> Inspection | None:
@@ -107,51 +145,167 @@ def _inspect(
     return walker.result()
 
 
-# A complete line of nothing but base64 characters: never a header field (no colon, no
-# leading blank), a continuation, a boundary (those start with "--") or a blank line.
-_BASE64_LINE = re.compile(r"[A-Za-z0-9+/=]+\r?\n\Z").match
-_RUN = CHUNK  # characters: the longest run of such lines handed on as one "line"
+# Runs of base64 lines this long or longer stay in the body (file or bytes) and travel
+# through the parser as a short reference (``_Source``): the tree of a 28 MB message
+# then holds a few kilobytes instead of the message. Shorter runs travel as text.
+REFER_FROM = 32 * 1024
+
+# Consecutive complete lines of nothing but base64 characters, from a line start: never
+# a header field (no colon, no leading blank), a continuation, a boundary (those start
+# with "--") or a blank line, so no decision the parser takes can differ inside one.
+_RUN = re.compile(r"^(?:[A-Za-z0-9+/=]+\r?\n)+", re.MULTILINE)
+# Lines as BufferedSubFile cracks them (io.StringIO with newline=""): ended by "\r\n",
+# "\r" or "\n"; the last one may have no end.
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+_REF_OPEN, _REF_CLOSE = "\ue000", "\ue001"  # never in the parser's input: bytes decode
+_REF = re.compile(_REF_OPEN + r"(\d+)" + _REF_CLOSE)  # as ASCII or lone surrogates
+
+
+class _Source:
+    """The body one parse reads (``prefix`` + ``data`` or the file at ``path``) and the
+    spans of it that the tree only refers to. Offsets count characters of the parser's
+    input, which are bytes (it decodes ASCII with surrogateescape)."""
+
+    def __init__(self, prefix: bytes, data: bytes | None, path: str | None) -> None:
+        self.prefix = prefix
+        self.data = data
+        self.path = path
+        self.spans: list[tuple[int, int]] = []
+
+    def refer(self, offset: int, length: int) -> str:
+        self.spans.append((offset, length))
+        return f"{_REF_OPEN}{len(self.spans) - 1}{_REF_CLOSE}"
+
+    def chunks(self, payload: str, size: int) -> Iterator[bytes]:
+        """The payload's bytes with every reference read back, ``size`` at most at a
+        time: a part is decoded without its encoded text ever being whole in memory."""
+        with contextlib.ExitStack() as stack:
+            handle = None
+            if self.data is None and self.path is not None and _REF_OPEN in payload:
+                handle = stack.enter_context(open(self.path, "rb"))
+            start = 0
+            for ref in _REF.finditer(payload):
+                if ref.start() > start:
+                    yield payload[start : ref.start()].encode("ascii", "surrogateescape")
+                start = ref.end()
+                offset, length = self.spans[int(ref.group(1))]
+                while length > 0:
+                    step = min(size, length)
+                    piece = self._read(handle, offset, step)
+                    if len(piece) != step:
+                        raise OSError("the body changed while it was inspected")
+                    yield piece
+                    offset += step
+                    length -= step
+            if start < len(payload):
+                yield payload[start:].encode("ascii", "surrogateescape")
+
+    def pieces(self, payload: str) -> Callable[[int], Iterator[bytes]]:
+        return lambda size: self.chunks(payload, size)
+
+    def text(self, payload: str) -> str:
+        """The payload as the stock parser would hold it (references read back)."""
+        if _REF_OPEN not in payload:
+            return payload
+        return b"".join(self.chunks(payload, _SLICE)).decode("ascii", "surrogateescape")
+
+    def _read(self, handle: BinaryIO | None, offset: int, length: int) -> bytes:
+        out = b""
+        edge = len(self.prefix)
+        if offset < edge:
+            out = self.prefix[offset : offset + length]
+            offset, length = edge, length - len(out)
+        if length <= 0:
+            return out
+        if self.data is not None:
+            return out + self.data[offset - edge : offset - edge + length]
+        if handle is None:
+            return out
+        handle.seek(offset - edge)
+        return out + handle.read(length)
+
+
+class _Message(Message):
+    """A parsed part that knows the ``_Source`` its references point into."""
+
+    source: _Source | None = None
 
 
 class _Lines(BufferedSubFile):
     """The feed parser's line buffer, but consecutive base64 lines travel as one string
-    (line ends kept). The parser joins a leaf's lines into its payload unchanged, and
-    no decision it takes on a line (header, separator, boundary) can differ for such a
-    run: the payload is the same string, built from one piece per chunk instead of
-    one per 76-character line (a 127-byte object plus a list slot each). A 28 MB
-    message's worker peak grows by 2.0x its size instead of 2.75x, and the parser's
-    per-line Python work shrinks a little (~14 -> ~13 ms on a 1.4 MB message). Relies on
-    ``BufferedSubFile.pushlines`` (CPython 3.11): tests compare trees with the stock
-    buffer."""
+    (line ends kept), and a long run as a reference to where it lies in the body. The
+    parser joins a leaf's lines into its payload unchanged, and no decision it takes on
+    a line (header, separator, boundary) can differ for such a run: the payload is the
+    same string once references are read back (``_Source.text``). Lines are cracked
+    with C-speed regexes over each fed chunk, not one Python step per line. A 28 MB
+    message's tree holds kilobytes. A preamble or epilogue may hold references too (no
+    rule reads them). Relies on ``BufferedSubFile``'s internals (CPython 3.11): tests
+    compare trees with the stock buffer."""
 
-    def pushlines(self, lines: list[str]) -> None:
-        out: list[str] = []
-        run: list[str] = []
-        size = 0
-        for line in lines:
-            if _BASE64_LINE(line):
-                run.append(line)
-                size += len(line)
-                if size < _RUN:
-                    continue
-            elif not run:
-                out.append(line)
-                continue
-            out.append(run[0] if len(run) == 1 else "".join(run))
-            run = []
-            size = 0
-            if not _BASE64_LINE(line):
-                out.append(line)
-        if run:
-            out.append(run[0] if len(run) == 1 else "".join(run))
-        self._lines.extend(out)
+    def __init__(self, source: _Source | None) -> None:
+        super().__init__()
+        self._source = source
+        self._pending: list[str] = []  # the last, unfinished line, in pieces
+        self._offset = 0  # input characters already pushed as lines
+
+    def push(self, data: str) -> None:
+        if "\n" not in data and "\r" not in data:
+            self._pending.append(data)
+            return
+        if self._pending:
+            self._pending.append(data)
+            data = "".join(self._pending)
+            self._pending = []
+        # As BufferedSubFile: the last line waits unless it ends with "\n" (a "\r" at
+        # the very end may be the first half of "\r\n").
+        if data.endswith("\n"):
+            end = len(data)
+        else:
+            head = data[:-1] if data.endswith("\r") else data
+            end = max(head.rfind("\n"), head.rfind("\r")) + 1
+            self._pending.append(data[end:])
+        self._crack(data, end)
+
+    def close(self) -> None:
+        tail = "".join(self._pending)
+        self._pending = []
+        self._crack(tail, len(tail))
+        self._closed = True
+
+    def _crack(self, data: str, end: int) -> None:
+        lines = self._lines
+        source = self._source
+        at = 0
+        for run in _RUN.finditer(data, 0, end):
+            start, stop = run.span()
+            if start > at:
+                lines.extend(_LINE.findall(data, at, start))
+            if source is not None and stop - start >= REFER_FROM:
+                eol = 2 if data[stop - 2] == "\r" else 1
+                lines.append(
+                    source.refer(self._offset + start, stop - start - eol) + data[stop - eol : stop]
+                )
+            else:
+                lines.append(data[start:stop])
+            at = stop
+        if at < end:
+            lines.extend(_LINE.findall(data, at, end))
+        self._offset += end
 
 
 def _parse(prefix: bytes, data: bytes | None, path: str | None) -> Message:
     """Feed the parser in chunks: ``parsebytes`` would first decode all 30 MB into one
-    string, and the feed parser splits it into lines again anyway."""
-    parser = BytesFeedParser(policy=_POLICY)
-    parser._input = _Lines()  # type: ignore[attr-defined]  # before the first feed
+    string, and the feed parser splits it into lines again anyway. Long base64 runs
+    stay where they are (``_Lines``): read them with ``payload_text`` or ``_decoded``."""
+    source = _Source(prefix, data, path)
+
+    def factory(policy: Compat32 = _POLICY) -> _Message:
+        message = _Message(policy)
+        message.source = source
+        return message
+
+    parser = BytesFeedParser(factory, policy=_POLICY)
+    parser._input = _Lines(source)  # type: ignore[attr-defined]  # before the first feed
     parser.feed(prefix)
     if data is not None:
         view = memoryview(data)
@@ -162,6 +316,17 @@ def _parse(prefix: bytes, data: bytes | None, path: str | None) -> Message:
             while chunk := handle.read(CHUNK):
                 parser.feed(chunk)
     return parser.close()
+
+
+def payload_text(part: Message) -> str | list[Message]:
+    """A part's payload as the standard library's parser would hold it: references to
+    long base64 runs (``_Lines``) read back from the body. Costs the whole text:
+    decoders stream instead (``_decoded``)."""
+    raw = part.get_payload()
+    source = part.source if isinstance(part, _Message) else None
+    if isinstance(raw, str) and source is not None:
+        return source.text(raw)
+    return raw  # type: ignore[return-value]
 
 
 class _Walker:
@@ -271,7 +436,7 @@ class _Walker:
         if cte in ("base64", "quoted-printable") and not inner.keys():
             # Non-conforming but common: the forwarded message itself is encoded, so the
             # parser saw no header fields, only the encoded text. Decode and parse it.
-            raw = _decode_transfer(str(inner.get_payload()), cte)
+            raw = _decode_transfer(str(payload_text(inner)), cte)
             inner = _parse(b"", raw, None)
         return self.message(inner, number, rfc822 + 1, depth)
 
@@ -373,66 +538,112 @@ def _measured(part: Message, ctype: str, filename: str | None) -> tuple[bytes, i
     """(decoded bytes, their size, sniffed type). A large base64 part that nothing will
     read (not text, a document, a PDF or an archive, by its bytes or by its name) is
     only measured: decoded a slice at a time and dropped, so the worker never holds its
-    decoded copy beside the message text. Its bytes come back empty."""
+    decoded copy (nor, for runs left in the body, its encoded text). Its bytes come back
+    empty."""
     raw = part.get_payload()
     if (
         isinstance(raw, str)
-        and len(raw) > _SLICE
-        and raw.isascii()
+        and (len(raw) > _SLICE or _REF_OPEN in raw)
         and str(part.get("content-transfer-encoding", "")).strip().lower() == "base64"
     ):
-        head = _base64_prefix(raw[:_HEAD])
+        source = part.source if isinstance(part, _Message) else None
+        pieces = source.pieces(raw) if source is not None else _slices(raw)
+        head = _base64_prefix(_first(pieces(_HEAD), _HEAD))
         sniffed = sniff.sniff(head)
         if (
             not head.startswith(b"MZ")  # the PE header can be anywhere: read it all
             and sniffed != sniff.ZIP
             and _text_kind(ctype, sniffed, filename) is None
         ):
-            size = _base64_size(raw)
+            size = _base64_chunks(pieces(_SLICE), None)
             if size is not None:
                 return b"", size, sniffed
     payload = _decoded(part)
     return payload, len(payload), sniff.sniff(payload)
 
 
-def _base64_prefix(text: str) -> bytes:
+def _slices(text: str) -> Callable[[int], Iterator[bytes]]:
+    """``size``-character slices of ``text`` as bytes (the parser's surrogates back to
+    the bytes they stand for), for the decoders that take pieces."""
+
+    def pieces(size: int) -> Iterator[bytes]:
+        for start in range(0, len(text), size):
+            yield text[start : start + size].encode("ascii", "surrogateescape")
+
+    return pieces
+
+
+def _first(pieces: Iterable[bytes], count: int) -> bytes:
+    """The first ``count`` bytes of ``pieces`` that are not line ends."""
+    out = b""
+    for piece in pieces:
+        out += piece.translate(None, b"\r\n")
+        if len(out) >= count:
+            break
+    return out[:count]
+
+
+def _base64_prefix(data: bytes) -> bytes:
     """The first bytes of a base64 text (whole quads only)."""
-    text = text.replace("\r", "").replace("\n", "")
+    data = data.translate(None, b"\r\n")
     try:
-        return binascii.a2b_base64(text[: len(text) - len(text) % 4])
+        return binascii.a2b_base64(data[: len(data) - len(data) % 4])
     except (binascii.Error, ValueError):
         return b""
 
 
 def _base64_size(text: str) -> int | None:
-    """Decoded size of a base64 text, decoding one slice at a time; None unless it is
-    regular base64 (alphabet and line ends only, padding only at the very end), where
-    slices decode to exactly what the whole would. Otherwise the lenient decoder of the
-    whole text decides, as before."""
+    """Decoded size of a base64 text, decoding one slice at a time (``_base64_chunks``)."""
+    return _base64_chunks(_slices(text)(_SLICE), None)
+
+
+def _base64_chunks(pieces: Iterable[bytes], out: list[bytes] | None) -> int | None:
+    """Decoded size of base64 given in pieces, decoding one piece at a time (kept in
+    ``out`` if given); None unless it is regular base64 (alphabet and line ends only,
+    padding only at the very end), where pieces decode to exactly what the whole would.
+    Otherwise the lenient decoder of the whole text decides, as mail readers do."""
     size = 0
-    carry = ""
-    last = len(text) - 1
-    for start in range(0, len(text), _SLICE):
-        piece = carry + text[start : start + _SLICE].replace("\r", "").replace("\n", "")
-        final = start + _SLICE > last
-        cut = len(piece) if final else len(piece) - len(piece) % 4
+    carry = b""
+    padded = False
+    for chunk in pieces:
+        piece = carry + chunk.translate(None, b"\r\n")
+        if not piece:
+            continue
+        if padded:
+            return None  # data after the padding
+        cut = len(piece) - len(piece) % 4
         carry = piece[cut:]
-        piece = piece[:cut]
-        if not final and "=" in piece:
-            return None
+        if not cut:
+            continue
+        body = piece[:cut] if carry else piece
         try:
-            size += len(binascii.a2b_base64(piece, strict_mode=True))
+            decoded = binascii.a2b_base64(body, strict_mode=True)
         except (binascii.Error, ValueError):
             return None  # stray characters, bad padding: not regular
-        del piece
-    return size
+        padded = body.endswith(b"=")  # strict mode allows "=" only at the end
+        size += len(decoded)
+        if out is not None:
+            out.append(decoded)
+        del body, decoded
+    return None if carry else size
 
 
 def _decoded(part: Message) -> bytes:
     """The part's bytes after its transfer encoding (lenient with bad base64, as mail
-    readers are: the rules see what the recipient will see)."""
+    readers are: the rules see what the recipient will see). Base64 left in the body
+    (``_Lines``) is decoded straight from it, a slice at a time."""
     raw = part.get_payload()
+    source = part.source if isinstance(part, _Message) else None
     cte = str(part.get("content-transfer-encoding", "")).strip().lower()
+    if isinstance(raw, str) and source is not None and _REF_OPEN in raw:
+        if cte == "base64":
+            out: list[bytes] = []
+            if _base64_chunks(source.chunks(raw, _SLICE), out) is not None:
+                return b"".join(out)
+            del out
+        raw = source.text(raw)
+        part = copy.copy(part)  # the tree keeps its references
+        part.set_payload(raw)
     if cte == "base64" and isinstance(raw, str):
         # a2b_base64 skips line ends itself (the library's decode first splits the
         # payload into lines: ~70 MB more peak for a 28 MB part), and reads an ASCII

@@ -21,7 +21,7 @@ import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from gateway.mime.model import Inspection, InspectionLimits
+from gateway.mime.model import Inspection, InspectionLimits, Scan
 from gateway.mime.parse import inspect_body, inspect_light
 from gateway.spool import Body
 
@@ -33,9 +33,16 @@ def _problem(reason: str) -> Inspection:
     return Inspection((), (), 0, (f"cannot inspect message: {reason}",))
 
 
-def _work(prefix: bytes, data: bytes | None, path: str | None, limits: InspectionLimits):
+def _work(
+    prefix: bytes,
+    data: bytes | None,
+    path: str | None,
+    limits: InspectionLimits,
+    scans: tuple[Scan, ...] = (),
+) -> Inspection:
     """Runs in a worker: bound its address space first, so a runaway allocation is a
-    MemoryError (a problem) rather than the kernel's OOM killer choosing a victim."""
+    MemoryError (a problem) rather than the kernel's OOM killer choosing a victim. The
+    filters' scans run here too, so long texts never cross back to the gateway."""
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     cap = limits.worker_memory or hard  # set every time: a worker serves many limits
     if hard != resource.RLIM_INFINITY:
@@ -43,7 +50,7 @@ def _work(prefix: bytes, data: bytes | None, path: str | None, limits: Inspectio
     resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     size = len(prefix) + (len(data) if data is not None else _file_size(path))
     _mmap_threshold(MMAP_BIG if size >= BIG_BODY else MMAP_SMALL)
-    return inspect_body(prefix, data, path, limits)
+    return inspect_body(prefix, data, path, limits, scans)
 
 
 # glibc's malloc serves blocks past its mmap threshold with mmap. Left alone, the
@@ -103,8 +110,14 @@ class Inspector:
         # Workers fork from a server that already imported the parser and its libraries.
         self._context.set_forkserver_preload(["gateway.mime.parse"])
 
-    async def inspect(self, body: Body, limits: InspectionLimits | None = None) -> Inspection:
-        """The one inspection of ``body``; never raises (but can be cancelled)."""
+    async def inspect(
+        self,
+        body: Body,
+        limits: InspectionLimits | None = None,
+        scans: tuple[Scan, ...] = (),
+    ) -> Inspection:
+        """The one inspection of ``body``; never raises (but can be cancelled). ``scans``
+        run in the worker; an inline inspection (small mail) leaves them to the filters."""
         limits = limits or self.limits
         if self._closed:
             return _problem("the inspector is closed")
@@ -124,7 +137,7 @@ class Inspector:
         for attempt in (1, 2):
             pool = self._current_pool()
             try:
-                future = pool.submit(_work, *args, limits)
+                future = pool.submit(_work, *args, limits, scans)
             except BrokenProcessPool:
                 self._replace(pool)
                 continue

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from gateway.directory.cache import AcceptedRecipients
     from gateway.directory.mailboxes import Directory
     from gateway.events.writer import EventLog
-    from gateway.mime.model import Inspection
+    from gateway.mime.model import Inspection, Scan
     from gateway.pipeline import MessageContext
     from gateway.smtp.replies import Reply
     from gateway.spool import Body, Spool
@@ -50,8 +50,8 @@ class SmtpServices(Protocol):
     @property
     def authenticator(self) -> Authenticator: ...
 
-    async def inspect(self, body: Body) -> Inspection:
-        """The one MIME parse of ``body``, off the event loop."""
+    async def inspect(self, body: Body, scans: tuple[Scan, ...] = ()) -> Inspection:
+        """The one MIME parse of ``body``, off the event loop, with the filters' scans."""
 
     def track(self, task: asyncio.Task[Reply]) -> None:
         """Keep a relay running after its client left; shutdown waits for it."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import Config, parse_config
-from gateway.mime.model import Inspection
+from gateway.mime.model import Inspection, Scan
 from gateway.pipeline import MessageContext
 from gateway.smtp.replies import Reply
 from gateway.spool import Body
@@ -79,7 +79,7 @@ def message_context(
     }
     if inspection is not None:
 
-        async def inspect(_: Body) -> Inspection:
+        async def inspect(_: Body, scans: tuple[Scan, ...] = ()) -> Inspection:
             return inspection
 
         values["inspector"] = inspect

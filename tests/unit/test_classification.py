@@ -19,7 +19,7 @@ import pytest
 
 from gateway.filters import classification
 from gateway.filters.classification import Config, Finding, check, find_marker, validate
-from gateway.mime.model import Inspection, InspectionLimits, TextSource
+from gateway.mime.model import Inspection, InspectionLimits, ScanResult, TextSource
 from gateway.pipeline import REGISTRY, Action
 from gateway.smtp import replies
 from tests.data.classification import corpus
@@ -344,9 +344,11 @@ class FakeContext:
     """What check() reads of a MessageContext: the one parse's result."""
 
     texts: tuple[TextSource, ...]
+    scans: tuple[ScanResult, ...] = ()
+    elided: int = 0
 
     async def inspection(self) -> Inspection:
-        return Inspection(parts=(), texts=self.texts, attachment_bytes=0)
+        return Inspection((), self.texts, 0, scans=self.scans, elided=self.elided)
 
 
 async def test_a_classified_message_is_refused_naming_the_level_and_where() -> None:
@@ -380,6 +382,35 @@ async def test_large_texts_are_matched_off_the_loop_with_the_same_result(monkeyp
     assert verdict.reason == "TUYỆT MẬT stamp in body"
     await check(FakeContext((body("MẬT"),)), CFG)  # type: ignore[arg-type]
     assert calls == [find_marker]  # small texts stay inline
+
+
+def test_the_filter_scans_with_find_marker_where_the_parse_runs() -> None:
+    assert REGISTRY["classification"].scan is find_marker
+
+
+async def test_a_scan_result_for_these_rules_decides_without_the_texts() -> None:
+    found = Finding("TỐI MẬT", "stamp", "attachment bc.docx")
+    ctx = FakeContext((), scans=(ScanResult("classification", CFG, found),), elided=1)
+    verdict = await check(ctx, CFG)  # type: ignore[arg-type]
+    assert verdict.reason == "TỐI MẬT stamp in attachment bc.docx"
+    clean = FakeContext((), scans=(ScanResult("classification", CFG, None),), elided=1)
+    assert (await check(clean, CFG)).action is Action.ACCEPT  # type: ignore[arg-type]
+
+
+async def test_a_scan_with_other_rules_is_not_used() -> None:
+    """A result for other settings (say, from before a reload) says nothing about these."""
+    other = replace(CFG, stamp_lines=("{level}",))
+    ctx = FakeContext((body("TỐI MẬT"),), scans=(ScanResult("classification", other, None),))
+    verdict = await check(ctx, CFG)  # type: ignore[arg-type]
+    assert verdict.reason == "TỐI MẬT stamp in body"
+
+
+async def test_a_failed_scan_or_missing_texts_never_pass_the_message() -> None:
+    failed = FakeContext((), scans=(ScanResult("classification", CFG, error="boom"),))
+    with pytest.raises(RuntimeError, match="boom"):
+        await check(failed, CFG)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="left out"):
+        await check(FakeContext((), elided=1), CFG)  # type: ignore[arg-type]
 
 
 # --- the corpus ---------------------------------------------------------------------

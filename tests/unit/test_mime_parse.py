@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.mime.model import Inspection, InspectionLimits
-from gateway.mime.parse import inspect_body, inspect_light
+from gateway.mime.model import Inspection, InspectionLimits, Scan, TextSource
+from gateway.mime.parse import ELIDE_FROM, inspect_body, inspect_light
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "mime" / "corpus"
 LIMITS = InspectionLimits()
@@ -452,12 +452,19 @@ def plain_tree(raw: bytes) -> list:
 
 
 def tree(msg) -> list:
-    out = [(msg.items(), msg.preamble, msg.epilogue, [type(d) for d in msg.defects])]
+    """Headers, preamble, epilogue, defects and payloads (references read back)."""
+    from gateway.mime import parse
+
+    def text(value: str | None) -> str | None:
+        source = getattr(msg, "source", None)
+        return source.text(value) if source is not None and value is not None else value
+
+    out = [(msg.items(), text(msg.preamble), text(msg.epilogue), [type(d) for d in msg.defects])]
     if msg.is_multipart():
         for part in msg.get_payload():
             out += tree(part)
     else:
-        out.append(msg.get_payload())
+        out.append(parse.payload_text(msg))
     return out
 
 
@@ -488,9 +495,11 @@ def test_base64_runs_parse_to_the_same_tree_as_line_by_line(raw):
     assert tree(parse._parse(b"", raw, None)) == plain_tree(raw)
 
 
-def test_base64_runs_across_feed_chunks(monkeypatch):
+@pytest.mark.parametrize("refer_from", [8, 32 * 1024])
+def test_base64_runs_across_feed_chunks(monkeypatch, refer_from):
     from gateway.mime import parse
 
+    monkeypatch.setattr(parse, "REFER_FROM", refer_from)
     raw = mixed(
         "Content-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n"
         + b64(bytes(range(256)) * 40),
@@ -499,6 +508,47 @@ def test_base64_runs_across_feed_chunks(monkeypatch):
     for size in (1, 7, 77, 1000):
         monkeypatch.setattr(parse, "CHUNK", size)
         assert tree(parse._parse(b"", raw, None)) == plain_tree(raw)
+
+
+def test_line_cracking_matches_the_stock_buffer_on_random_input(monkeypatch):
+    """Any mix of line ends (lone CR too), base64-looking lines, boundaries and headers,
+    fed in any chunk sizes, with runs referred to from 4 characters on."""
+    import random
+
+    from gateway.mime import parse
+
+    monkeypatch.setattr(parse, "REFER_FROM", 4)
+    rnd = random.Random(9)
+    words = ["QUFB", "A", "==", "x y", "--B", "--B--", "Content-Type: text/plain", ": v", ""]
+    ends = ["\n", "\r\n", "\r", "\r\r\n"]
+    head = "Content-Type: multipart/mixed; boundary=B\n\n"
+    for _ in range(300):
+        body = "".join(rnd.choice(words) + rnd.choice(ends) for _ in range(rnd.randint(0, 40)))
+        raw = (head + body + rnd.choice(["", "QUFB", "\r"])).encode("ascii")
+        monkeypatch.setattr(parse, "CHUNK", rnd.choice([1, 2, 3, 5, 16, 4096]))
+        assert tree(parse._parse(b"", raw, None)) == plain_tree(raw), raw
+
+
+def test_long_base64_runs_stay_in_the_spill_file(tmp_path):
+    """The tree of a spilled message refers to its base64 instead of holding it: a
+    20 MiB attachment must not cost the worker its encoded text."""
+    from gateway.mime import parse
+
+    data = bytes(range(256)) * 4096  # 1 MiB
+    raw = mixed(
+        "Content-Type: application/octet-stream\nContent-Disposition: attachment; "
+        "filename=a.bin\nContent-Transfer-Encoding: base64\n\n" + b64(data)
+    )
+    prefix = b"Received: by test\r\n"
+    path = tmp_path / "spill.tmp"
+    path.write_bytes(raw)
+    message = parse._parse(prefix, None, str(path))
+    leaf = message.get_payload()[0]
+    assert len(leaf.get_payload()) < 1000  # references, not 1.4 MB of text
+    assert tree(message) == plain_tree(prefix + raw)
+    assert parse._decoded(leaf) == data
+    result = inspect_body(prefix, None, str(path), LIMITS)
+    assert [(p.filename, p.decoded_size) for p in result.parts] == [("a.bin", len(data))]
 
 
 def test_base64_size_by_slices_matches_the_whole_decode(monkeypatch):
@@ -513,6 +563,18 @@ def test_base64_size_by_slices_matches_the_whole_decode(monkeypatch):
     assert parse._base64_size(regular[:1500] + "==" + regular[1500:]) is None
     assert parse._base64_size(regular[:1500] + "*" + regular[1500:]) is None
     assert parse._base64_size(regular.rstrip("\n")[:-1]) is None
+
+
+def test_base64_in_pieces_is_regular_only_with_padding_at_the_very_end():
+    from gateway.mime import parse
+
+    out: list[bytes] = []
+    assert parse._base64_chunks([b"QU", b"FB\r\n", b"\r\nQQ", b"=="], out) == 4
+    assert b"".join(out) == b"AAAA"
+    assert parse._base64_chunks([b"QQ==", b"QUFB"], None) is None  # data after padding
+    assert parse._base64_chunks([b"QQ==\r\n", b"\r\n"], None) == 1
+    assert parse._base64_chunks([b"QUF"], None) is None  # not whole quads
+    assert parse._base64_chunks([b"QU*B"], None) is None
 
 
 def test_large_unreadable_attachment_is_measured_not_kept(monkeypatch):
@@ -536,3 +598,41 @@ def test_large_unreadable_attachment_is_measured_not_kept(monkeypatch):
     ]
     assert decoded == [1]  # only the PDF, which is read
     assert result.attachment_bytes == len(png) + len(PDF_MAGIC) * 100
+
+
+# --- scans beside the parse -------------------------------------------------------------
+
+
+def longest(texts: tuple[TextSource, ...], config: int) -> object:
+    """A scan: the length of the longest text, plus ``config``."""
+    return max(len(t.text) for t in texts) + config
+
+
+def failing(texts: tuple[TextSource, ...], config: object) -> object:
+    raise ValueError("bad rule")
+
+
+def test_scans_run_over_every_text_then_long_bodies_are_left_out():
+    long_text = "x" * ELIDE_FROM
+    raw = mixed(
+        "Content-Type: text/plain\n\nshort body\n",
+        "Content-Type: text/plain\nContent-Disposition: attachment; filename=long.txt\n\n"
+        + long_text
+        + "\n",
+    )
+    full = inspect(raw)
+    result = inspect_body(b"", raw, None, LIMITS, (Scan("a", longest, 1), Scan("b", failing, 0)))
+    assert result.scan("a", 1).value == ELIDE_FROM + 2  # the long text, with its line end
+    assert result.scan("a", 2) is None  # other settings: no result
+    assert result.scan("b", 0).error == "ValueError: bad rule"
+    assert result.elided == 1
+    assert result.texts == tuple(t for t in full.texts if t.kind != "attachment")
+    assert texts(result)["body"] == "short body\n"
+    assert texts(result, "filename")["attachment long.txt"] == "long.txt"
+    assert inspect_body(b"", raw, None, LIMITS) == full  # no scans: every text
+
+
+def test_scans_do_not_run_on_a_message_that_cannot_be_inspected():
+    raw = crlf('Content-Type: multipart/mixed; boundary="B"\n\nno boundary\n')
+    result = inspect_body(b"", raw, None, LIMITS, (Scan("b", failing, 0),))
+    assert result.problems and result.scans == ()

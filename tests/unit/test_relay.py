@@ -18,7 +18,7 @@ import pytest
 from gateway.config import Config
 from gateway.delivery import Router
 from gateway.events.writer import EventLog
-from gateway.mime.model import Inspection
+from gateway.mime.model import Inspection, Scan
 from gateway.pipeline import (
     REGISTRY,
     EnabledFilter,
@@ -502,7 +502,7 @@ async def test_the_message_is_inspected_once_however_many_ask(
 ) -> None:
     calls: list[int] = []
 
-    async def inspector(body: Body) -> Inspection:
+    async def inspector(body: Body, scans: tuple[Scan, ...] = ()) -> Inspection:
         calls.append(1)
         return Inspection(parts=(), texts=(), attachment_bytes=7)
 
@@ -516,7 +516,7 @@ async def test_the_message_is_inspected_once_however_many_ask(
 async def test_a_message_that_cannot_be_inspected_is_refused_5xx(
     tmp_path: Path, test_filters: Filters
 ) -> None:
-    async def inspector(body: Body) -> Inspection:
+    async def inspector(body: Body, scans: tuple[Scan, ...] = ()) -> Inspection:
         return Inspection((), (), 0, problems=("part 1.2: zip member inflates past 64 MiB",))
 
     setup = build(tmp_path, test_filters.chain("test_relay_inspect"))
@@ -528,3 +528,28 @@ async def test_a_message_that_cannot_be_inspected_is_refused_5xx(
     assert setup.local.calls == []
     (end,) = setup.named("message_rejected")
     assert end["reason"] == reply.text
+
+
+async def test_the_parse_is_asked_for_the_scans_of_the_enabled_filters() -> None:
+    """run_filters hands the enabled filters' scans, with their settings, to the one
+    parse, so that the classification rules run where the texts are."""
+    from gateway.filters.classification import Config as ClassificationConfig
+    from gateway.filters.classification import find_marker
+    from gateway.pipeline import Action, run_filters
+
+    seen: list[tuple[Scan, ...]] = []
+
+    async def inspector(body: Body, scans: tuple[Scan, ...] = ()) -> Inspection:
+        seen.append(scans)
+        return Inspection((), (), 0)
+
+    cfg = ClassificationConfig(levels=("TỐI MẬT",), aliases=())
+    enabled = [
+        EnabledFilter(REGISTRY["attachment_cap"], REGISTRY["attachment_cap"].config_type()),
+        EnabledFilter(REGISTRY["classification"], cfg),
+    ]
+    ctx = context(["binh@example.gov.vn"])
+    ctx.inspector = inspector
+    verdict = await run_filters(ctx, enabled)
+    assert verdict.action is Action.ACCEPT
+    assert seen == [(Scan("classification", find_marker, cfg),)]
