@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable as a
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import BENCH_DIR, HOST, free_port, log
+from bench.memory import tree_cpu_seconds
 from bench.systems import ProcessServer, Sink, gateway_command, make_gateway
 from tests.integration.dovecot import PrivateDovecot
 
@@ -142,10 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             direct, proxied = [], []
             size = 0
+            proxy_cpu = 0.0
             for _ in range(args.fetches):
                 rate, size = fetch_rate(dovecot.imap_port, READER, USERS[READER])
                 direct.append(rate)
+                cpu0 = tree_cpu_seconds(gateway.pids())
                 proxied.append(fetch_rate(port, READER, USERS[READER])[0])
+                proxy_cpu += tree_cpu_seconds(gateway.pids()) - cpu0
             cold, warm = login_storm(port, args.clients, args.logins)
         finally:
             gateway.stop()
@@ -156,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "fetch_direct_mib_s": statistics.median(direct),
         "fetch_proxied_mib_s": statistics.median(proxied),
         "fetch_ratio": ratio,
+        "proxy_cpu_ms_per_mib": proxy_cpu * 1000 / (args.fetches * FETCHES_PER_SAMPLE * size / MIB),
         "fetch_target_met": ratio >= 0.9,
         "cold_logins_per_s": cold,
         "warm_logins_per_s": warm,
@@ -163,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     log(f"FETCH of {size / MIB:.1f} MiB: direct {doc['fetch_direct_mib_s']:.0f} MiB/s,"
         f" proxied {doc['fetch_proxied_mib_s']:.0f} MiB/s, ratio {ratio:.2f}"
-        f" ({'PASS' if ratio >= 0.9 else 'FAIL'} >= 0.9)")  # fmt: skip
+        f" ({'PASS' if ratio >= 0.9 else 'FAIL'} >= 0.9); the proxy's CPU:"
+        f" {doc['proxy_cpu_ms_per_mib']:.2f} ms per MiB")  # fmt: skip
     log(f"logins through the proxy, {args.clients} clients: {cold:.1f}/s cold (argon2),"
         f" {warm:.0f}/s warm (login cache)")  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
