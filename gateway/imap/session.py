@@ -57,6 +57,7 @@ class ImapSession:
         self.end_reason = "closed"
         self._bad = 0
         self._task: asyncio.Task[Any] | None = None
+        self._upstream: Upstream | None = None
 
     # -- events --------------------------------------------------------------------
 
@@ -109,6 +110,8 @@ class ImapSession:
             self.end_reason = f"internal error: {type(exc).__name__}"
         finally:
             self.writer.close()
+            if self._upstream is not None:  # a client that left right after LOGIN
+                self._upstream.writer.close()
             self.emit(
                 "session_end",
                 reason=self.end_reason,
@@ -276,6 +279,7 @@ class ImapSession:
                             " try again later [imap.upstream]")  # fmt: skip
             return None
         self.user = mailbox.address
+        self._upstream = upstream
         if mailbox.must_change:
             await self.send("* OK [ALERT] Your password must be changed (MOST 15.2): ask your"
                             " mail operator until the self-service page is set up")  # fmt: skip
