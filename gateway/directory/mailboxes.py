@@ -595,10 +595,17 @@ class Directory:
         (``group`` first, the member's own group last; the shortest chain when several
         do). Revoked members and groups themselves get nothing; locked members still
         receive (MIC 7.1). Breadth first, so the order is stable: nearer members first."""
-        routes: dict[str, tuple[str, ...]] = {}
+        return dict(self._group_walk(group))
+
+    def has_deliverable_member(self, group: str) -> bool:
+        """Whether ``group`` reaches any mailbox (RCPT asks): stops at the first one."""
+        return next(self._group_walk(group), None) is not None
+
+    def _group_walk(self, group: str) -> Iterator[tuple[str, tuple[str, ...]]]:
+        """(mailbox, chain of groups) for each deliverable member, breadth first, lazily."""
         head = self.get(group)
         if head is None or head.kind != "group":
-            return routes
+            return
         seen = {head.address.lower()}
         level = [(head.address, (head.address,))]
         while level:
@@ -614,9 +621,8 @@ class Directory:
                     if mailbox.kind == "group":
                         following.append((mailbox.address, (*chain, mailbox.address)))
                     else:
-                        routes[mailbox.address] = chain
+                        yield mailbox.address, chain
             level = following
-        return routes
 
     def set_post_policy(self, group: str, policy: str | None) -> Mailbox:
         """Who may post to ``group`` (None: the configured default)."""

@@ -61,7 +61,7 @@ def rcpt_refusal(
         return replies.GROUP_POST_REFUSED.with_rule(
             RULE, f"{group.address} accepts mail from its members only"
         )
-    if not directory.group_routes(group.address):
+    if not directory.has_deliverable_member(group.address):
         return replies.GROUP_EMPTY.with_rule(RULE, f"{group.address} has no deliverable member")
     return None
 
