@@ -37,7 +37,14 @@ from bench.common import BENCH_DIR, RCPT, BenchError, fmt, log, percentile
 from bench.load import drive
 from bench.memory import tree_cpu_seconds
 from bench.messages import DocxWorkload, probe_message
-from bench.systems import PostfixServer, ProcessServer, Server, Sink, make_gateway
+from bench.systems import (
+    PostfixServer,
+    ProcessServer,
+    Server,
+    Sink,
+    gateway_config,
+    make_gateway,
+)
 
 # The private clamd the integration tests use: one config and one signature for both
 # (it assembles EICAR from halves, so no file here is a "virus" to a scanner).
@@ -83,8 +90,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def append_config(server: ProcessServer, text: str) -> None:
-    """Add TOML sections to the config ``make_gateway`` wrote (the path is in its command)."""
-    config = Path(server.cmd[server.cmd.index("-c") + 1])
+    """Add TOML sections to the config ``make_gateway`` wrote."""
+    config = gateway_config(server)
     config.write_text(config.read_text(encoding="utf-8") + "\n" + text, encoding="utf-8")
 
 
@@ -92,8 +99,7 @@ def add_group(server: ProcessServer) -> None:
     """The group of 50 in the gateway's directory, open to mail from outside."""
     from gateway.directory.mailboxes import Directory, Registration
 
-    config = Path(server.cmd[server.cmd.index("-c") + 1])
-    directory = Directory.for_data_dir(config.parent / "var")
+    directory = Directory.for_data_dir(gateway_config(server).parent / "var")
     try:
         directory.add(Registration(GROUP, "Bench group", kind="group"), None)
         for member in MEMBERS:

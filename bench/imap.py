@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable as a
 
 from bench.common import BENCH_DIR, HOST, free_port, log
 from bench.memory import tree_cpu_seconds
-from bench.systems import ProcessServer, Sink, gateway_command, make_gateway
+from bench.systems import ProcessServer, Sink, gateway_command, gateway_config, make_gateway
 from tests.integration.dovecot import PrivateDovecot
 
 MIB = 1024 * 1024
@@ -106,7 +106,7 @@ def login_storm(port: int, clients: int, rounds: int) -> tuple[float, float]:
 
 def start_proxy(workdir: Path, dovecot: PrivateDovecot, sink: Sink) -> tuple[ProcessServer, int]:
     gateway = make_gateway(workdir, sink.port)
-    config = Path(gateway.cmd[gateway.cmd.index("-c") + 1])
+    config = gateway_config(gateway)
     secret = workdir / "imap-master"
     secret.write_text(dovecot.master_password + "\n", encoding="utf-8")
     secret.chmod(0o600)

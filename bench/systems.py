@@ -408,6 +408,11 @@ dir = "{base / "log"}"
     return ProcessServer("gateway", cmd, inbound, workdir, ready_timeout=60)
 
 
+def gateway_config(server: ProcessServer) -> Path:
+    """The config file a ``make_gateway`` server runs with (for passes that extend it)."""
+    return Path(server.cmd[server.cmd.index("-c") + 1])
+
+
 def make_bare(workdir: Path, sink_port: int) -> ProcessServer:
     """The bare aiosmtpd relay as a subprocess."""
     port = free_port()
