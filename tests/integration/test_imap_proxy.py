@@ -111,6 +111,11 @@ class Raw:
             if lines[-1].startswith(tag + b" "):
                 return lines
 
+    def login(self, user: str = AN, tag: bytes = b"a") -> list[bytes]:
+        """LOGIN as ``user``; the lines up to its tagged reply."""
+        self.send(tag + b" LOGIN " + user.encode() + b" " + PASSWORDS[user].encode() + b"\r\n")
+        return self.until(tag)
+
     def close(self) -> None:
         self.sock.close()
 
@@ -200,8 +205,7 @@ def test_literals_and_sasl_ir_and_continuations(gateway: Gateway) -> None:
 
 def test_idle_sees_new_mail(gateway: Gateway) -> None:
     raw = Raw(gateway.imap_port)
-    raw.send(b"a LOGIN an@example.gov.vn " + PASSWORDS[AN].encode() + b"\r\n")
-    raw.until(b"a")
+    raw.login()
     raw.send(b"b SELECT INBOX\r\n")
     raw.until(b"b")
     raw.send(b"c IDLE\r\n")
@@ -323,8 +327,7 @@ def test_a_client_that_stops_reading_is_not_buffered_in_memory(gateway: Gateway)
         smtp.send_message(message)
     raw = Raw(gateway.imap_port)
     raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    raw.send(b"a LOGIN an@example.gov.vn " + PASSWORDS[AN].encode() + b"\r\n")
-    raw.until(b"a")
+    raw.login()
     raw.send(b"b SELECT INBOX\r\n")
     exists = next(line for line in raw.until(b"b") if line.endswith(b"EXISTS"))
     assert gateway.process is not None
@@ -356,8 +359,7 @@ def test_a_password_that_must_change_gets_an_alert_or_a_refusal(
         finally:
             directory.close()
         raw = Raw(gateway.imap_port)
-        raw.send(b"a LOGIN chi@example.gov.vn " + PASSWORDS[CHI].encode() + b"\r\n")
-        lines = raw.until(b"a")
+        lines = raw.login(CHI)
         raw.close()
         if refuse:
             assert lines[-1].startswith(b"a NO [EXPIRED]") and b"MOST 15.2" in lines[-1]
