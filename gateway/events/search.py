@@ -8,17 +8,29 @@ have the next record appended right after it.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from gateway.events.writer import EVENT_FILE_PREFIX, EVENT_FILE_SUFFIX, event_file_name
 
-__all__ = ["Query", "day_files", "format_event", "parse_time", "purge", "search"]
+__all__ = [
+    "COMPRESSED_SUFFIX",
+    "Query",
+    "day_files",
+    "format_event",
+    "open_day",
+    "parse_time",
+    "purge",
+    "read_day",
+    "search",
+]
 
+COMPRESSED_SUFFIX = ".gz"
 # Every record the writer emits starts with this key (compact separators, ts first).
 _RECORD_START = '{"ts":'
 _TIME_FORMS = "expected e.g. 2026-11-25, 2026-11-25T10:00:00Z or 2026-11-25T17:00:00+07:00"
@@ -95,7 +107,7 @@ def search(log_dir: Path, query: Query) -> Iterator[dict[str, Any]]:
         if (first is not None and day < first) or (last is not None and day > last):
             continue
         matches: list[tuple[datetime, dict[str, Any]]] = []
-        for record in _read(path):
+        for record in read_day(path):
             moment = _timestamp(record)
             if moment is None:
                 continue
@@ -140,39 +152,64 @@ def purge(log_dir: Path, now: datetime, retention_days: int) -> list[Path]:
 
 
 def day_files(log_dir: Path) -> list[tuple[date, Path]]:
-    """The event files under ``log_dir`` with their UTC day, oldest first; others ignored."""
-    found: list[tuple[date, Path]] = []
+    """The event files under ``log_dir`` with their UTC day, oldest first; others ignored.
+
+    A day is either ``events-DAY.jsonl`` or, once maintenance compressed it,
+    ``events-DAY.jsonl.gz``. Should both exist (a crash between writing the ``.gz`` and
+    removing the plain file), the plain file is the one listed: it is complete by
+    construction, while the ``.gz`` is only trusted once the plain file is gone.
+    """
+    found: dict[date, Path] = {}
     if not log_dir.is_dir():
-        return found
+        return []
     for path in log_dir.iterdir():
         name = path.name
-        if not (name.startswith(EVENT_FILE_PREFIX) and name.endswith(EVENT_FILE_SUFFIX)):
+        plain = name[: -len(COMPRESSED_SUFFIX)] if name.endswith(COMPRESSED_SUFFIX) else name
+        if not (plain.startswith(EVENT_FILE_PREFIX) and plain.endswith(EVENT_FILE_SUFFIX)):
             continue
-        stem = name[len(EVENT_FILE_PREFIX) : len(name) - len(EVENT_FILE_SUFFIX)]
+        stem = plain[len(EVENT_FILE_PREFIX) : len(plain) - len(EVENT_FILE_SUFFIX)]
         try:
             day = date.fromisoformat(stem)
         except ValueError:
             continue
-        if event_file_name(day.isoformat()) == name and path.is_file():
-            found.append((day, path))
-    found.sort()
-    return found
+        if event_file_name(day.isoformat()) != plain or not path.is_file():
+            continue
+        if day not in found or plain == name:
+            found[day] = path
+    return sorted(found.items())
 
 
-def _read(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of one file; unreadable lines are skipped, never fatal."""
+def open_day(path: Path) -> BinaryIO:
+    """A day file opened for reading bytes, decompressing a ``.gz`` on the fly."""
+    if path.name.endswith(COMPRESSED_SUFFIX):
+        return gzip.open(path, "rb")
+    return path.open("rb")
+
+
+def read_day(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of one day file, plain or compressed; unreadable lines are skipped.
+
+    A compressed file cut short (a crash while it was written) yields what it holds.
+    """
     try:
-        handle = path.open("rb")
+        handle = open_day(path)
     except FileNotFoundError:  # purged between listing and reading
         return
     with handle:
-        for raw in handle:
-            line = raw.decode("utf-8", "replace").strip()
-            if not line:
-                continue
-            record = _decode(line)
-            if record is not None:
-                yield record
+        try:
+            yield from _lines(handle)
+        except (OSError, EOFError):  # a truncated or corrupt .gz: what was read stands
+            return
+
+
+def _lines(handle: BinaryIO) -> Iterator[dict[str, Any]]:
+    for raw in handle:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line:
+            continue
+        record = _decode(line)
+        if record is not None:
+            yield record
 
 
 def _decode(line: str) -> dict[str, Any] | None:

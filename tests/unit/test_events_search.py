@@ -406,3 +406,33 @@ def test_purge_boundary_at_midnight(tmp_path: Path) -> None:
 def test_purge_refuses_nonsense_retention(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="retention_days"):
         purge(tmp_path, datetime(2026, 11, 25, tzinfo=UTC), 0)
+
+
+def test_compressed_days_are_listed_and_searched(tmp_path: Path) -> None:
+    """Retention compresses old days; search reads them as it reads plain ones."""
+    import gzip
+
+    old = b'{"ts":"2026-05-26T01:00:00.000000Z","event":"delivered","sender":"a@x.vn"}\n'
+    new = b'{"ts":"2026-11-25T01:00:00.000000Z","event":"delivered","sender":"a@x.vn"}\n'
+    (tmp_path / "events-2026-05-26.jsonl.gz").write_bytes(gzip.compress(old))
+    (tmp_path / "events-2026-11-25.jsonl").write_bytes(new)
+    # A crash between writing the .gz and removing the plain file: the plain one is read.
+    (tmp_path / "events-2026-11-25.jsonl.gz").write_bytes(gzip.compress(new)[:10])
+    assert [p.name for _, p in day_files(tmp_path)] == [
+        "events-2026-05-26.jsonl.gz",
+        "events-2026-11-25.jsonl",
+    ]
+    found = list(search(tmp_path, Query(sender="a@x.vn")))
+    assert [r["ts"][:10] for r in found] == ["2026-05-26", "2026-11-25"]
+
+
+def test_truncated_compressed_day_yields_what_it_holds(tmp_path: Path) -> None:
+    import gzip
+
+    lines = b"".join(
+        b'{"ts":"2026-05-26T01:00:%02d.000000Z","event":"delivered"}\n' % i for i in range(50)
+    )
+    packed = gzip.compress(lines)
+    (tmp_path / "events-2026-05-26.jsonl.gz").write_bytes(packed[: len(packed) - 8])
+    found = list(search(tmp_path, Query()))
+    assert 0 < len(found) <= 50
