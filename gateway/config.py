@@ -147,9 +147,31 @@ class AuthSection:
     argon2_memory_kib: int = _opt("count", 65536, "KiB per verification (RFC 9106: 65536)")
     argon2_time_cost: int = _opt("count", 3, "passes over the memory (RFC 9106: 3)")
     argon2_parallelism: int = _opt("count", 4, "lanes (RFC 9106: 4)")
+    refuse_must_change: bool = _opt(
+        "bool", False, "refuse SMTP AUTH and IMAP logins while a password must change"
+    )
 
     def argon2(self) -> Argon2Params:
         return Argon2Params(self.argon2_memory_kib, self.argon2_time_cost, self.argon2_parallelism)
+
+
+@dataclass(frozen=True, slots=True)
+class WebSection:
+    """The self-service password page (MOST 15.2, 17.4; MIC 7.3.c): HTTPS on ``listen``
+    with smtp.tls_cert/tls_key, the page at /password."""
+
+    listen: ListenAddress = _opt("listen")
+    public_url: str | None = _opt("https_url", None, "the page's address as users reach it")
+    form_seconds: float = _opt("seconds", 600.0, "how long a form (and its cookie) stays valid")
+    max_request_bytes: int = _opt("size", 16384, "bytes of one request body")
+    max_posts_per_client: int = _opt("count", 10, "form posts per client address per minute")
+
+    def page_url(self, hostname: str) -> str:
+        """The address users are sent to (``[ALERT]``, events, SMTP refusals)."""
+        if self.public_url:
+            return self.public_url
+        port = "" if self.listen.port == 443 else f":{self.listen.port}"
+        return f"https://{hostname}{port}/password"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,11 +190,17 @@ class Config:
     queue: QueueSection
     auth: AuthSection
     imap: ImapSection | None = None
+    web: WebSection | None = None
     filters: Any = None  # filter_config.FiltersSection: the policy filters, in run order
 
     @property
     def spool_dir(self) -> Path:
         return self.gateway.data_dir / "spool"
+
+    @property
+    def password_url(self) -> str | None:
+        """Where users change their password, when the page is served."""
+        return self.web.page_url(self.gateway.hostname) if self.web else None
 
     def is_local(self, address: str) -> bool:
         """True when the address's domain is one of ours (case-insensitive)."""
@@ -184,11 +212,16 @@ _SECTIONS: dict[str, tuple[type, bool]] = {
     "gateway": (GatewaySection, True),
     "smtp": (SmtpSection, True),
     "imap": (ImapSection, False),
+    "web": (WebSection, False),
     "delivery": (DeliverySection, True),
     "queue": (QueueSection, False),
     "auth": (AuthSection, False),
     "log": (LogSection, True),
 }
+
+
+# Sections whose absence switches a service off (rather than taking every default).
+_OPTIONAL_SERVICES = ("imap", "web")
 
 
 class _Reader:
@@ -294,6 +327,15 @@ class _Reader:
 
     def _hours(self, key: str, raw: Any, doc: str) -> Any:
         return self._number(key, raw, "hours", False)
+
+    def _https_url(self, key: str, raw: Any, doc: str) -> Any:
+        value = self._str(key, raw, doc)
+        if value is None:
+            return None
+        if not value.startswith("https://") or any(c.isspace() for c in value):
+            self.fail(key, f"expected an https:// address, got {raw!r};"
+                      " write e.g. \"https://mail.example.gov.vn/password\"")  # fmt: skip
+        return value
 
     def _listen(self, key: str, raw: Any, doc: str) -> Any:
         value = self._str(key, raw, doc)
@@ -425,7 +467,7 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
         elif required:
             reader.fail(name, f"missing section [{name}]")
         else:
-            sections[name] = None if name == "imap" else {}
+            sections[name] = None if name in _OPTIONAL_SERVICES else {}
     _check_relations(reader, sections)
     _check_delivery_tls(reader, sections.get("delivery") or {})
     from gateway.filter_config import read_filters  # imports every filter module
@@ -477,6 +519,12 @@ def _check_relations(reader: _Reader, sections: dict[str, Any]) -> None:
                 "true (the default), but no smtp.tls_cert/tls_key is set for STARTTLS; add"
                 " them (or set false for loopback tests)",
             )
+    web = sections.get("web")
+    if web:
+        listeners.append(("web.listen", web.get("listen")))
+        if cert is None and not tls_broken:
+            reader.fail("web.listen", "the password page is HTTPS only and needs"
+                        " smtp.tls_cert and smtp.tls_key; add them")  # fmt: skip
     seen: dict[ListenAddress, str] = {}
     for key_name, address in listeners:
         if address is None:
@@ -576,6 +624,8 @@ def listeners(config: Config) -> list[tuple[str, ListenAddress]]:
         found.append(("imap.listen", config.imap.listen))
         if config.imap.listen_tls:
             found.append(("imap.listen_tls", config.imap.listen_tls))
+    if config.web is not None:
+        found.append(("web.listen", config.web.listen))
     return found
 
 

@@ -41,6 +41,7 @@ from gateway.smtp.submission import SubmissionHandler
 from gateway.smtp.tls_accept import ImplicitTLSAcceptor
 from gateway.spool import Body, Spool
 from gateway.tls import server_context
+from gateway.web.server import PasswordPage
 
 log = logging.getLogger("gateway")
 # require_tls_for_auth = false is an explicit operator choice (loopback tests); aiosmtpd
@@ -113,7 +114,9 @@ class Runtime:
             config.auth.max_failures_per_client,
             config.auth.failure_window_seconds,
         )
-        self.authenticator = Authenticator(self.directory, self.throttle, config.auth)
+        self.authenticator = Authenticator(
+            self.directory, self.throttle, config.auth, config.password_url
+        )
         self.directory.hasher = self.authenticator.hasher  # new and reset passwords alike
         self.inspector = Inspector()  # the one MIME parse, on threads and worker processes
         self.relay = Relay(
@@ -186,7 +189,7 @@ class Runtime:
         self.throttle.per_address = new.auth.max_failures_per_address
         self.throttle.per_client = new.auth.max_failures_per_client
         self.throttle.window = new.auth.failure_window_seconds
-        self.authenticator.reconfigure(new.auth)
+        self.authenticator.reconfigure(new.auth, new.password_url)
         router.use_config(new)  # a kept router must route by the new gateway.domains
         self.relay.reconfigure(new.gateway.hostname, router, settings)
         if router is not old_router:
@@ -356,6 +359,10 @@ async def serve(config: Config, directory: Directory | None = None) -> None:
         imap = ImapProxy(runtime)
         for bound in await imap.start():
             log.info("%s listening", bound)
+    password_page: PasswordPage | None = None
+    if config.web is not None:
+        password_page = PasswordPage(runtime)
+        log.info("%s listening", await password_page.start())
     runtime.events.emit(
         "gateway_start",
         reason=f"listening on {', '.join(str(a) for _, a in listeners(config))}",
@@ -386,6 +393,8 @@ async def serve(config: Config, directory: Directory | None = None) -> None:
                 server.close()
             if imap is not None:
                 await imap.close()
+            if password_page is not None:
+                await password_page.close()
             deadline = loop.time() + SHUTDOWN_GRACE_SECONDS
             runtime.queue.stop()  # attempts under way finish: cutting one could double it
             runtime.close_idle_sessions()

@@ -89,6 +89,8 @@ AUTH_THROTTLED = Reply(454, "4.7.0", "Too many failed logins, try again later")
 AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
 # Only ever given to someone who proved the password: the lock itself is no secret to them.
 AUTH_MAILBOX_LOCKED = Reply(535, "5.7.8", "Mailbox locked, contact the operator")
+# MOST 15.2, MIC 7.3.c with auth.refuse_must_change: the detail names the password page.
+AUTH_MUST_CHANGE = Reply(535, "5.7.8", "Your password must be changed before you can send")
 AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too long")
 DIRECTORY_UNAVAILABLE = Reply(451, "4.3.0", "Directory temporarily unavailable")
 ALL_RECIPIENTS_FAILED = Reply(554, "5.0.0", "Delivery failed for every recipient")
