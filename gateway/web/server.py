@@ -40,7 +40,9 @@ SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=31536000",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # "same-origin", not "no-referrer": with no-referrer browsers send "Origin: null" on
+    # the form's own POST, and the origin check below could not tell it from a forgery.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Server": "mailgate",
@@ -143,7 +145,11 @@ class PasswordPage:
             emit("password_change_refused", reason="[web.max_posts_per_client] too many posts")
             return _error(TOO_MANY, 429)
         origin = request.headers.get("Origin")
-        if origin is not None and origin != f"https://{request.host}":
+        fetch_site = request.headers.get("Sec-Fetch-Site", "same-origin")
+        if (origin is not None and origin != f"https://{request.host}") or fetch_site not in (
+            "same-origin",
+            "none",
+        ):
             emit("password_change_refused", reason="[csrf] cross-origin post")
             return _error(FORGED, 403)
         if request.content_type != FORM_TYPE:
