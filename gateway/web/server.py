@@ -5,10 +5,9 @@ loop that serves SMTP and IMAP: no second process or thread to keep in step, and
 page reaches the one authenticator (its throttle, its argon2 pool, its cache) directly.
 Its HTTP parser is the library's, not ours; we keep the body small and read it ourselves.
 
-The TLS certificate is smtp.tls_cert/tls_key. A listening socket keeps the SSL context
-it was created with, so the site listens with a *front* context whose SNI callback moves
-each new handshake onto the context in force now (``services.tls``, which SIGHUP
-replaces): a renewed certificate serves the next connection, without a restart.
+The TLS certificate is smtp.tls_cert/tls_key; the site's context hands each new handshake
+to the one SIGHUP last built (``gateway.tls.following_context``), so a renewed
+certificate serves the next connection without a restart.
 
 Every response carries the headers that keep the page in its own frame and off other
 origins' reach (CSP, HSTS, frame-ancestors/X-Frame-Options, no-store, no referrer).
@@ -23,7 +22,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from gateway.tls import server_context
+from gateway.tls import following_context
 from gateway.web import page
 from gateway.web.csrf import COOKIE_NAME, FIELD_NAME, FormTokens
 from gateway.web.form import Message, Outcome, Submission, change_password
@@ -100,13 +99,12 @@ class PasswordPage:
         """Listen on ``web.listen`` with HTTPS; returns what was bound."""
         config = self.services.config
         assert config.web is not None and config.smtp.tls_cert and config.smtp.tls_key
-        front = server_context(config.smtp.tls_cert, config.smtp.tls_key)
-        front.sni_callback = self._current_certificate
+        tls = following_context(config.smtp.tls_cert, config.smtp.tls_key, self._current_tls)
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         address = config.web.listen
         site = web.TCPSite(
-            self._runner, address.host, address.port, ssl_context=front, reuse_address=True
+            self._runner, address.host, address.port, ssl_context=tls, reuse_address=True
         )
         await site.start()
         return f"web {address}"
@@ -115,12 +113,8 @@ class PasswordPage:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def _current_certificate(
-        self, connection: Any, server_name: str | None, context: ssl.SSLContext
-    ) -> None:
-        current = self.services.tls
-        if current is not None and current is not context:
-            connection.context = current
+    def _current_tls(self) -> ssl.SSLContext | None:
+        return self.services.tls
 
     # -- handlers ------------------------------------------------------------------
 

@@ -113,11 +113,13 @@ def start_site(
     secret.write_text(dovecot.master_password + "\n", encoding="utf-8")
     os.chmod(secret, 0o600)
     gateway.imap_port = free_port()
+    gateway.imaps_port = free_port()
     web_port = free_port()
     gateway.add_sections(
         {
             "imap": {
                 "listen": f"127.0.0.1:{gateway.imap_port}",
+                "listen_tls": f"127.0.0.1:{gateway.imaps_port}",
                 "upstream": f"127.0.0.1:{dovecot.imap_port}",
                 "upstream_master_user": MASTER,
                 "upstream_master_password_file": str(secret),
@@ -286,19 +288,24 @@ def test_refuse_must_change_names_the_page(
     assert {e["listener"] for e in refusals} == {"submission", "imap"}
 
 
-def test_sighup_serves_a_renewed_certificate(site: Site, tmp_path: Path) -> None:
-    def served_certificate() -> bytes:
+def test_sighup_serves_a_renewed_certificate_on_the_page_and_imaps(
+    site: Site, tmp_path: Path
+) -> None:
+    """Both listeners that own their TLS socket (the page's and IMAPS) follow a SIGHUP."""
+
+    def served_certificate(port: int) -> bytes:
         context = ssl.create_default_context()
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
         with (
-            socket.create_connection(("127.0.0.1", site.web_port), timeout=10) as raw,
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
             context.wrap_socket(raw) as tls,
         ):
             certificate = tls.getpeercert(binary_form=True)
         assert certificate is not None
         return certificate
 
-    before = served_certificate()
+    ports = (site.web_port, site.gateway.imaps_port)
+    before = [served_certificate(port) for port in ports]
     (tmp_path / "renewed").mkdir()
     renewed = make_tls_files(tmp_path / "renewed")
     config = site.gateway.config_path.read_text(encoding="utf-8")
@@ -309,8 +316,9 @@ def test_sighup_serves_a_renewed_certificate(site: Site, tmp_path: Path) -> None
     reloads = len(site.gateway.events("config_reloaded"))
     site.gateway.signal(1)  # SIGHUP
     site.gateway.wait_events("config_reloaded", reloads + 1)
-    after = served_certificate()
-    assert after != before and after == ssl.PEM_cert_to_DER_cert(
+    expected = ssl.PEM_cert_to_DER_cert(
         renewed.cert.read_text().split("-----END CERTIFICATE-----")[0]
         + "-----END CERTIFICATE-----\n"
     )
+    after = [served_certificate(port) for port in ports]
+    assert after == [expected, expected] and expected not in before
