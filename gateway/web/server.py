@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import ssl
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
 
@@ -58,6 +58,10 @@ TOO_MANY = Message(
     "Too many requests from this address: try again in a minute.",
 )
 TOO_LARGE = Message("Yêu cầu quá lớn.", "The request is too large.")
+UNAVAILABLE = Message(
+    "Tạm thời không đổi được mật khẩu: hãy thử lại sau.",
+    "The password cannot be changed right now: try again later.",
+)
 NOT_A_FORM = Message("Yêu cầu không phải là biểu mẫu.", "The request is not a form.")
 
 
@@ -140,10 +144,8 @@ class PasswordPage:
             return _error(TOO_MANY, 429)
         origin = request.headers.get("Origin")
         fetch_site = request.headers.get("Sec-Fetch-Site", "same-origin")
-        if (origin is not None and origin != f"https://{request.host}") or fetch_site not in (
-            "same-origin",
-            "none",
-        ):
+        own = {f"https://{request.host}", _origin_of(web_config.public_url)}
+        if (origin is not None and origin not in own) or fetch_site not in ("same-origin", "none"):
             emit("password_change_refused", reason="[csrf] cross-origin post")
             return _error(FORGED, 403)
         if request.content_type != FORM_TYPE:
@@ -161,9 +163,14 @@ class PasswordPage:
         if not self.tokens.valid(request.cookies.get(COOKIE_NAME), fields.get(FIELD_NAME)):
             emit("password_change_refused", reason="[csrf] missing, forged or expired form token")
             return _error(FORGED, 403)
-        outcome = await change_password(
-            self.services.authenticator, Submission.from_form(fields), client, emit
-        )
+        try:
+            outcome = await change_password(
+                self.services.authenticator, Submission.from_form(fields), client, emit
+            )
+        except Exception as exc:  # the directory busy or broken: say so, keep serving
+            self.services.log.error("password page: %s", type(exc).__name__)
+            emit("password_change_refused", reason=f"[web] internal error: {type(exc).__name__}")
+            return _error(UNAVAILABLE, 503)
         if outcome.changed:
             response = web.Response(
                 text=page.render_done(outcome.address), content_type="text/html"
@@ -187,6 +194,14 @@ class PasswordPage:
             secure=True, httponly=True, samesite="Strict",
         )  # fmt: skip
         return response
+
+
+def _origin_of(url: str | None) -> str | None:
+    """``https://host[:port]`` of ``web.public_url``, the origin users' browsers send."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _error(message: Message, status: int) -> web.Response:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+import sqlite3
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +181,30 @@ async def test_posts_per_client_are_limited(browser: Browser) -> None:
         response = await browser.post(form(token, confirm="x"))
         codes.append(response.status)
     assert codes == [400, 400, 400, 400, 429, 429]
+
+
+async def test_public_url_origin_is_accepted(browser: Browser, services: Services) -> None:
+    """Behind a reverse proxy the Host may differ; the configured public origin is ours."""
+    services.config.web = replace(
+        services.config.web, public_url="https://matkhau.example.gov.vn/password"
+    )
+    token = await browser.fresh_token()
+    response = await browser.post(form(token), headers={"Origin": "https://matkhau.example.gov.vn"})
+    assert response.status == 200
+
+
+async def test_directory_failure_is_a_503_not_a_traceback(
+    browser: Browser, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(proved: Any, new_password: str) -> bool:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(services.authenticator, "change_password", broken)
+    token = await browser.fresh_token()
+    response = await browser.post(form(token))
+    assert response.status == 503
+    assert (
+        response.headers["Content-Security-Policy"] == SECURITY_HEADERS["Content-Security-Policy"]
+    )
+    assert "try again later" in await response.text()
+    assert NEW not in repr(services.events.records)
