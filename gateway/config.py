@@ -12,7 +12,7 @@ import errno
 import socket
 import ssl
 import tomllib
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +175,39 @@ class WebSection:
 
 
 @dataclass(frozen=True, slots=True)
+class DkimSection:
+    """``[signing.dkim]``: sign outbound mail of local domains that have a key (last)."""
+
+    selector: str = _opt("selector")
+
+
+SIGNING_CHOICES = {
+    "missing_recipient_key": ("reject", "send-plain"),
+    "preference": ("smime", "pgp"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SigningSection:
+    """``[signing]`` (MOST 16.2): S/MIME or PGP signatures and encryption for local
+    senders, verification results on inbound mail; DKIM in ``dkim``."""
+
+    encrypt_subject_tags: tuple[str, ...] = _opt(
+        "strings", ("[encrypt]", "[mã hóa]"), "a subject starting with one asks for encryption"
+    )
+    missing_recipient_key: str = _opt("str", "reject", '"reject" or "send-plain"')
+    sign_outbound: bool = _opt("bool", True, "sign for senders that hold their own key")
+    preference: str = _opt("str", "smime", '"smime" or "pgp": which a recipient with both gets')
+    verify_inbound: bool = _opt("bool", True, "stamp Authentication-Results on inbound mail")
+    decrypt_inbound: bool = _opt("bool", False, "decrypt for local recipients whose key we hold")
+    dns_timeout: float = _opt("seconds", 2.0, "per DKIM key lookup; then dkim=temperror")
+    dns_resolver: ListenAddress | None = _opt("listen", None, "HOST:PORT; default: the system's")
+    crl_file: Path | None = _opt("file", None, "PEM or DER CRL checked for S/MIME certificates")
+    gpg_timeout: float = _opt("seconds", 10.0, "per gpg call; then 451")
+    dkim: DkimSection | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LogSection:
     dir: Path = _opt("path")
     retention_days: int = _opt("count", 183)
@@ -191,6 +224,7 @@ class Config:
     auth: AuthSection
     imap: ImapSection | None = None
     web: WebSection | None = None
+    signing: SigningSection = field(default_factory=SigningSection)
     filters: Any = None  # filter_config.FiltersSection: the policy filters, in run order
 
     @property
@@ -213,6 +247,7 @@ _SECTIONS: dict[str, tuple[type, bool]] = {
     "smtp": (SmtpSection, True),
     "imap": (ImapSection, False),
     "web": (WebSection, False),
+    "signing": (SigningSection, False),
     "delivery": (DeliverySection, True),
     "queue": (QueueSection, False),
     "auth": (AuthSection, False),
@@ -327,6 +362,18 @@ class _Reader:
 
     def _hours(self, key: str, raw: Any, doc: str) -> Any:
         return self._number(key, raw, "hours", False)
+
+    def _strings(self, key: str, raw: Any, doc: str) -> Any:
+        if not isinstance(raw, list) or not all(isinstance(v, str) and v.strip() for v in raw):
+            self.fail(key, f'expected a list of non-empty strings, got {raw!r}; e.g. ["[encrypt]"]')
+            return ()
+        return tuple(raw)
+
+    def _selector(self, key: str, raw: Any, doc: str) -> Any:
+        value = self._str(key, raw, doc)
+        if value is not None and not all(c.isalnum() or c in "-_." for c in value):
+            self.fail(key, f"{raw!r} is not a DNS label; use letters, digits, - and _ (e.g. mail)")
+        return value
 
     def _https_url(self, key: str, raw: Any, doc: str) -> Any:
         value = self._str(key, raw, doc)
@@ -454,6 +501,7 @@ def _read_section(reader: _Reader, name: str, cls: type, raw: Any) -> Any:
 
 def parse_config(data: dict[str, Any], path: Path) -> Config:
     """Validate parsed TOML; raises ConfigError listing every mistake."""
+    data = dict(data)  # [signing.dkim] is split off below; the caller's dict stays as it was
     reader = _Reader(path.parent)
     for name in data:
         if name not in _SECTIONS and name != "filters":
@@ -461,6 +509,7 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
             hint = f'; did you mean "[{close[0]}]"?' if close else ""
             reader.fail(name, f"unknown section{hint}; known: {', '.join(_SECTIONS)}")
     sections: dict[str, Any] = {}
+    dkim = _split_dkim(reader, data)
     for name, (cls, required) in _SECTIONS.items():
         if name in data:
             sections[name] = _read_section(reader, name, cls, data[name])
@@ -470,6 +519,7 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
             sections[name] = None if name in _OPTIONAL_SERVICES else {}
     _check_relations(reader, sections)
     _check_delivery_tls(reader, sections.get("delivery") or {})
+    _check_signing(reader, sections.get("signing") or {})
     from gateway.filter_config import read_filters  # imports every filter module
 
     filters = read_filters(data.get("filters"), reader.fail)
@@ -479,7 +529,28 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
         name: (_SECTIONS[name][0](**values) if values is not None else None)
         for name, values in sections.items()
     }
+    if dkim is not None:
+        built["signing"] = replace(built["signing"], dkim=DkimSection(**dkim))
     return Config(path=path, filters=filters, **built)
+
+
+def _split_dkim(reader: _Reader, data: dict[str, Any]) -> dict[str, Any] | None:
+    """``[signing.dkim]`` is a table inside ``[signing]``: read it on its own."""
+    signing = data.get("signing")
+    if not isinstance(signing, dict) or "dkim" not in signing:
+        return None
+    rest = dict(signing)
+    raw = rest.pop("dkim")
+    data["signing"] = rest
+    return _read_section(reader, "signing.dkim", DkimSection, raw)
+
+
+def _check_signing(reader: _Reader, signing: dict[str, Any]) -> None:
+    for key, allowed in SIGNING_CHOICES.items():
+        value = signing.get(key)
+        if value is not None and value not in allowed:
+            choices = " or ".join(f'"{a}"' for a in allowed)
+            reader.fail(f"signing.{key}", f"{value!r} is not one of {choices}")
 
 
 def _check_relations(reader: _Reader, sections: dict[str, Any]) -> None:

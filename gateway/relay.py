@@ -23,7 +23,15 @@ from gateway.delivery import Router
 from gateway.events.writer import EventLog
 from gateway.filters.groups import DIRECT
 from gateway.outcomes import OutcomeLog, Split, failure_of
-from gateway.pipeline import Action, EnabledFilter, MessageContext, Verdict, run_filters
+from gateway.pipeline import (
+    Action,
+    EnabledFilter,
+    MessageContext,
+    Verdict,
+    apply_transform,
+    run_filters,
+)
+from gateway.signing.stage import SigningStage
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
 from gateway.spool import Body, QueueEntry, Spool
@@ -55,7 +63,9 @@ class Relay:
         events: EventLog,
         filters: Sequence[EnabledFilter],
         retry_min_seconds: float,
+        signing: SigningStage | None = None,
     ) -> None:
+        self.signing = signing
         self.router = router
         self.spool = spool
         self.events = events
@@ -99,8 +109,13 @@ class Relay:
             )
             self._emit_end(ctx, "message_rejected", reply, reason=reply.text)
             return reply
+        received = ctx.body
         if ctx.header_edits:
             ctx.body = await asyncio.to_thread(self._edited_body, ctx)
+        if self.signing is not None:
+            refusal = await self._sign(ctx, received)
+            if refusal is not None:
+                return refusal
         outcomes = await router.deliver(ctx.sender, ctx.recipients, ctx.body)
         split = Split.of(outcomes)
         self.outcomes.hops(ctx.queue_id, ctx.message_id, ctx.sender, split)
@@ -132,6 +147,27 @@ class Relay:
         reply = replies.QUEUED.with_text(f"{replies.QUEUED.text} {ctx.queue_id}")
         self._emit_end(ctx, "message_accepted", reply)
         return reply
+
+    async def _sign(self, ctx: MessageContext, received: Body) -> Reply | None:
+        """The signing stage (gateway/signing/stage.py), last: a new body, or a refusal.
+        A body made on the way (header edits) is dropped once replaced; the handler drops
+        the received one and the final one."""
+        assert self.signing is not None
+        verdict = await self.signing.run(ctx)
+        if verdict.action is Action.TRANSFORM:
+            replaced = ctx.body
+            apply_transform(ctx, verdict)
+            self._transformed(ctx, verdict)
+            kept = (received, ctx.body)
+            if replaced not in kept and replaced.path not in {b.path for b in kept}:
+                await asyncio.to_thread(replaced.discard)
+            return None
+        if verdict.action is Action.ACCEPT:
+            return None
+        assert verdict.reply is not None
+        event = "message_tempfailed" if verdict.reply.is_temporary else "message_rejected"
+        self._emit_end(ctx, event, verdict.reply, reason=verdict.reply.text)
+        return verdict.reply
 
     def _transformed(self, ctx: MessageContext, verdict: Verdict) -> None:
         """Every verdict that is not a plain accept is an event, transforms included."""

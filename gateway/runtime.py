@@ -31,6 +31,8 @@ from gateway.mime.pool import Inspector
 from gateway.pipeline import EnabledFilter
 from gateway.queue import QueueRunner
 from gateway.relay import Relay, RelaySettings
+from gateway.signing.keys import KeyStore
+from gateway.signing.stage import SigningStage, StageSettings
 from gateway.smtp import replies
 from gateway.smtp.data import DataLimits
 from gateway.smtp.handler import SessionHandler
@@ -76,6 +78,20 @@ def enabled_filters(config: Config) -> tuple[EnabledFilter, ...]:
     return config.filters.enabled
 
 
+def stage_settings(config: Config) -> StageSettings:
+    """The signing stage's view of the config ([signing], gateway.hostname/domains)."""
+    signing = config.signing
+    resolver = signing.dns_resolver
+    return StageSettings(
+        hostname=config.gateway.hostname,
+        domains=config.gateway.domains,
+        dkim_selector=signing.dkim.selector if signing.dkim else None,
+        verify_inbound=signing.verify_inbound,
+        dns_timeout=signing.dns_timeout,
+        dns_resolver=(resolver.host, resolver.port) if resolver else None,
+    )
+
+
 def relay_settings(config: Config) -> RelaySettings:
     return RelaySettings(enabled_filters(config), config.queue.retry_min_seconds)
 
@@ -119,6 +135,7 @@ class Runtime:
         )
         self.directory.hasher = self.authenticator.hasher  # new and reset passwords alike
         self.inspector = Inspector()  # the one MIME parse, on threads and worker processes
+        self.keys = KeyStore(config.gateway.data_dir)
         self.relay = Relay(
             config.gateway.hostname,
             Router(config),
@@ -126,6 +143,7 @@ class Runtime:
             self.events,
             enabled_filters(config),
             config.queue.retry_min_seconds,
+            SigningStage(self.keys, self.spool, stage_settings(config)),
         )
         self.queue = QueueRunner(lambda: self.relay, lambda: self.config.queue)
         self._in_flight: set[asyncio.Task[Reply]] = set()
@@ -164,6 +182,7 @@ class Runtime:
             # A CA file may have been replaced at the same path: a new router reads it.
             router = self.relay.router if same_hops else Router(new)
             settings = relay_settings(new)
+            signing = stage_settings(new)
         except Exception as exc:
             problems = exc.problems if isinstance(exc, ConfigError) else [_describe(exc)]
             self.events.emit("config_rejected", reason="; ".join(problems))
@@ -192,6 +211,8 @@ class Runtime:
         self.authenticator.reconfigure(new.auth, new.password_url)
         router.use_config(new)  # a kept router must route by the new gateway.domains
         self.relay.reconfigure(new.gateway.hostname, router, settings)
+        if self.relay.signing is not None:
+            self.relay.signing.configure(signing)
         if router is not old_router:
             # Deliveries in flight still use the old pool; it closes their connections
             # when they come back instead of keeping them.

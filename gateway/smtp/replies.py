@@ -69,6 +69,9 @@ ATTACHMENTS_TOO_BIG = Reply(552, "5.3.4", "Attachments exceed the size allowed p
 MALFORMED_HEADERS = Reply(550, "5.6.0", "Malformed header section")
 # Never a 4xx: a message that cannot be read now will not be readable on a retry either.
 CANNOT_INSPECT = Reply(554, "5.6.0", "Cannot inspect the message content")
+# MOST 16.2: a signature the policy asks for is never skipped (gateway/signing/stage.py).
+SIGNING_UNAVAILABLE = Reply(451, "4.3.0", "Signing temporarily unavailable, try again later")
+CANNOT_SIGN = Reply(554, "5.6.0", "Cannot sign the message")
 
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
