@@ -660,6 +660,21 @@ def advisories(config: Config) -> list[str]:
                 f" carrying the {cap.max_bytes} bytes of attachments that"
                 f" filters.attachment_cap.max_bytes allows; for that, write at least {needed}"
             )
+    if config.signing.dkim is not None:
+        from gateway.signing.keys import KeyStore, KeyStoreError
+
+        store, selector = KeyStore(config.gateway.data_dir), config.signing.dkim.selector
+        for domain in config.gateway.domains:
+            try:
+                missing = store.dkim_key(domain, selector) is None
+            except KeyStoreError as exc:
+                found.append(f"signing.dkim: {exc}; mail from {domain} gets 451 until fixed")
+                continue
+            if missing:
+                found.append(
+                    f"signing.dkim: no key for {domain} selector {selector}, so its mail goes"
+                    f" out unsigned; make one with: mailgate keys dkim-generate {domain}"
+                )
     if config.imap is not None:
         upstream = config.imap.upstream
         try:

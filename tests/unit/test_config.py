@@ -632,3 +632,41 @@ def test_web_unknown_key_is_named(tmp_path: Path) -> None:
     raw = data(smtp=tls_pair(tmp_path), web={"listen": "127.0.0.1:8443", "lisen": "x"})
     problem = only_problem(raw, tmp_path, "web.lisen")
     assert "listen" in problem
+
+
+# -- [signing] ------------------------------------------------------------------------------
+
+
+def test_signing_defaults_and_dkim_table(tmp_path: Path) -> None:
+    config = parse_config(data(), tmp_path / "gw.toml")
+    assert config.signing.dkim is None and config.signing.missing_recipient_key == "reject"
+    assert config.signing.encrypt_subject_tags == ("[encrypt]", "[mã hóa]")
+    raw = data(signing={"dkim": {"selector": "mail2026"}, "preference": "pgp"})
+    config = parse_config(raw, tmp_path / "gw.toml")
+    assert config.signing.dkim is not None and config.signing.dkim.selector == "mail2026"
+    assert config.signing.preference == "pgp"
+
+
+@pytest.mark.parametrize(
+    ("signing", "key", "says"),
+    [
+        ({"missing_recipient_key": "drop"}, "signing.missing_recipient_key", '"send-plain"'),
+        ({"dkim": {"selector": "a b"}}, "signing.dkim.selector", "DNS label"),
+        ({"dkim": {"selectr": "mail"}}, "signing.dkim.selectr", "selector"),
+        ({"encrypt_subject_tags": "[encrypt]"}, "signing.encrypt_subject_tags", "list"),
+    ],
+)
+def test_signing_mistakes_name_their_key(
+    tmp_path: Path, signing: dict[str, Any], key: str, says: str
+) -> None:
+    problems = problems_of(data(signing=signing), tmp_path)
+    assert any(p.startswith(f"{key}: ") and says in p for p in problems), problems
+
+
+def test_check_config_warns_about_a_local_domain_without_a_dkim_key(tmp_path: Path) -> None:
+    from gateway.signing.keys import KeyStore
+
+    config = parse_config(data(signing={"dkim": {"selector": "mail"}}), tmp_path / "gw.toml")
+    assert any("keys dkim-generate example.gov.vn" in w for w in advisories(config))
+    KeyStore(config.gateway.data_dir).generate_dkim("example.gov.vn", "mail", "ed25519")
+    assert not any("signing.dkim" in w for w in advisories(config))
