@@ -40,8 +40,9 @@ _SIG_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signature")
 _MIME_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime")
 # ContentInfo contentType OIDs, DER-encoded (tag, length, value).
 _OID_AUTH_ENVELOPED = bytes.fromhex("060b2a864886f70d0109100117")  # 1.2.840.113549.1.9.16.1.23
-# Parse and regenerate only what must be re-encoded; keep header text as it came.
-_POLICY = policy.SMTP.clone(refold_source="none", cte_type="7bit")
+# Parse and regenerate only what must be re-encoded. compat32 writes header text back as it
+# came (no refolding; RFC 2047 only for raw 8-bit) and costs a fraction of policy.default.
+_POLICY = policy.compat32.clone(linesep="\r\n", cte_type="7bit")
 
 Status = Literal["pass", "fail", "none", "neutral"]
 
@@ -79,6 +80,8 @@ class Verification:
 
 def _crlf(data: bytes) -> bytes:
     """Canonical CRLF line ends (lone LF -> CRLF; CRLF and lone CR untouched)."""
+    if data.count(b"\n") == data.count(b"\r\n"):
+        return data
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
@@ -115,7 +118,11 @@ def _parts(message: bytes) -> tuple[list[bytes], bytes]:
 
 
 def _headers(message: bytes) -> Message:
-    return BytesHeaderParser(policy=policy.compat32).parsebytes(message)
+    """The top-level header fields only: the body is not read."""
+    end = message.find(b"\r\n\r\n")
+    return BytesHeaderParser(policy=policy.compat32).parsebytes(
+        message if end < 0 else message[: end + 4]
+    )
 
 
 def is_signed(message: bytes) -> bool:
@@ -151,7 +158,7 @@ def _needs_recoding(part: Message) -> bool:
     if part.is_multipart() or cte in ("base64", "quoted-printable"):
         return False
     raw = _raw_payload(part)
-    if cte in ("8bit", "binary") or any(b > 0x7F or b == 0 for b in raw):
+    if cte in ("8bit", "binary") or not raw.isascii() or b"\0" in raw:
         return True
     return any(len(line) > 998 for line in raw.splitlines())
 
@@ -169,20 +176,46 @@ def _qp(data: bytes) -> str:
     return b"\r\n".join(lines).decode("ascii")
 
 
-def _b64(data: bytes) -> str:
-    return base64.encodebytes(data).decode("ascii").replace("\n", "\r\n")
+def _b64(data: bytes) -> bytes:
+    """Base64 in 76-character lines, CRLF, ending with CRLF."""
+    return base64.encodebytes(data).replace(b"\n", b"\r\n")
 
 
 def _recode(part: Message) -> None:
     """Re-encode one 8-bit leaf: text as quoted-printable, anything else as base64."""
     data = part.get_payload(decode=True) or b""
-    is_text = part.get_content_maintype() == "text"
-    if is_text and "content-type" not in part:
+    new_fields, body = _recoded(part, data)
+    for name, value in new_fields:
+        del part[name]
+        part[name] = value
+    part.set_payload(body.decode("ascii"))
+
+
+def _recoded(head: Message, data: bytes) -> tuple[list[tuple[str, str]], bytes]:
+    """The header fields to set and the 7-bit body for one leaf's raw content."""
+    is_text = head.get_content_maintype() == "text"
+    fields = [("Content-Transfer-Encoding", "quoted-printable" if is_text else "base64")]
+    if is_text and "content-type" not in head:
         charset = "utf-8" if _is_utf8(data) else "unknown-8bit"
-        part["Content-Type"] = f'text/plain; charset="{charset}"'
-    del part["Content-Transfer-Encoding"]
-    part["Content-Transfer-Encoding"] = "quoted-printable" if is_text else "base64"
-    part.set_payload(_qp(data) if is_text else _b64(data))
+        fields.insert(0, ("Content-Type", f'text/plain; charset="{charset}"'))
+    return fields, _qp(data).encode("ascii") if is_text else _b64(data)
+
+
+def _recode_single(entity: bytes) -> bytes | None:
+    """A one-part entity re-encoded without the full parser and generator (the common,
+    hot case); None when it is a multipart or message/* and needs the tree."""
+    fields, body = _split(entity)
+    head = BytesHeaderParser(policy=policy.compat32).parsebytes(b"".join(fields) + b"\r\n")
+    if head.get_content_maintype() in ("multipart", "message"):
+        return None
+    cte = str(head.get("content-transfer-encoding", "7bit")).strip().lower()
+    if cte in ("base64", "quoted-printable"):
+        return entity
+    new_fields, new_body = _recoded(head, body)
+    replaced = {name.lower().encode("ascii") for name, _ in new_fields}
+    kept = [f for f in fields if _name(f) not in replaced]
+    added = [f"{name}: {value}\r\n".encode("ascii") for name, value in new_fields]
+    return b"".join(kept + added) + b"\r\n" + new_body
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -193,9 +226,24 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
+def _plainly_seven_bit(entity: bytes) -> bool:
+    """The fast path: ASCII, no NUL, short lines and no part labelled 8bit/binary."""
+    if not entity.isascii() or b"\0" in entity:
+        return False
+    lowered = entity.lower()
+    if b"8bit" in lowered or b"binary" in lowered:
+        return False
+    return all(len(line) <= 998 for line in entity.split(b"\r\n"))
+
+
 def seven_bit_entity(entity: bytes) -> bytes:
     """The entity unchanged when already 7-bit safe, else with every 8-bit part re-encoded,
     so no relay can alter a signed byte (RFC 8551 §3.1.2)."""
+    if _plainly_seven_bit(entity):
+        return entity
+    single = _recode_single(entity)
+    if single is not None:
+        return single
     tree = BytesParser(policy=_POLICY).parsebytes(entity)
     leaves = [p for p in tree.walk() if _needs_recoding(p)]
     containers = [
@@ -247,9 +295,9 @@ def sign(message: bytes, bundle: Bundle) -> bytes:
         'Content-Type: application/pkcs7-signature; name="smime.p7s"\r\n'
         "Content-Transfer-Encoding: base64\r\n"
         'Content-Disposition: attachment; filename="smime.p7s"\r\n\r\n'
-        f"{_b64(signature)}\r\n--{boundary}--\r\n"
     ).encode("ascii")
-    return b"".join(outer) + head + entity + tail
+    end = f"\r\n--{boundary}--\r\n".encode("ascii")
+    return b"".join(outer) + head + entity + tail + _b64(signature) + end
 
 
 def _boundary(entity: bytes) -> str:
@@ -281,7 +329,7 @@ def encrypt(message: bytes, certificates: Sequence[x509.Certificate]) -> bytes:
         "Content-Transfer-Encoding: base64\r\n"
         'Content-Disposition: attachment; filename="smime.p7m"\r\n\r\n'
     ).encode("ascii")
-    return b"".join(outer) + head + _b64(der).encode("ascii")
+    return b"".join(outer) + head + _b64(der)
 
 
 # --- decrypt ----------------------------------------------------------------------------
@@ -297,25 +345,74 @@ def decrypt(message: bytes, bundle: Bundle) -> bytes:
     message = _crlf(message)
     if not is_encrypted(message):
         raise SmimeError("not an S/MIME encrypted message")
-    tree = BytesParser(policy=policy.compat32).parsebytes(message)
-    der = tree.get_payload(decode=True)
-    if not isinstance(der, bytes) or not der:
-        raise SmimeError("the encrypted part is empty or not base64")
-    if _is_auth_enveloped(der) or _smime_type(tree) == "authenveloped-data":
+    fields, body = _split(message)
+    head = _headers(message)
+    cte = str(head.get("content-transfer-encoding", "")).strip().lower()
+    try:
+        der = base64.b64decode(body) if cte == "base64" else body
+    except binascii.Error:
+        raise SmimeError("the encrypted part is not valid base64") from None
+    if not der:
+        raise SmimeError("the encrypted part is empty")
+    if _is_auth_enveloped(der) or _smime_type(head) == "authenveloped-data":
         raise SmimeError("AuthEnvelopedData (AES-GCM) cannot be decrypted here; ask for AES-CBC")
     try:
         plain = pkcs7.pkcs7_decrypt_der(der, bundle.certificate, bundle.key, [])
-    except UnsupportedAlgorithm as exc:
-        raise SmimeError(f"unsupported encryption: {exc}") from None
+    except UnsupportedAlgorithm:
+        plain = _openssl_decrypt(der, bundle, OPENSSL_TIMEOUT)
     except (ValueError, TypeError):
         raise SmimeError(
             "cannot decrypt: not encrypted to this certificate, or the data is corrupt"
         ) from None
-    outer, _ = _parts(message)
+    outer = [f for f in fields if not _is_content(f)]
     inner_fields, inner_body = _split(_crlf(plain))
     protected = {_name(f) for f in inner_fields if not _is_content(f)}
     kept = [f for f in outer if _name(f) not in protected]
     return b"".join(kept) + b"".join(inner_fields) + b"\r\n" + inner_body
+
+
+def _openssl_decrypt(der: bytes, bundle: Bundle, timeout: float) -> bytes:
+    """Legacy ciphers cryptography will not decrypt (3DES, the `openssl smime -encrypt`
+    default): `openssl cms -decrypt`, the key handed over a pipe so it never touches disk."""
+    assert bundle.key is not None
+    exe = shutil.which("openssl")
+    if exe is None:
+        raise SmimeTemporaryError("openssl not found on PATH: cannot decrypt a legacy cipher")
+    key_pem = bundle.key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    with tempfile.TemporaryDirectory(prefix="mailgate-smime-") as tmp:
+        recip = Path(tmp) / "recip.pem"
+        recip.write_bytes(bundle.certificate.public_bytes(serialization.Encoding.PEM))
+        read_end, write_end = os.pipe()
+        try:
+            os.write(write_end, key_pem)  # a key is a few KB: within one pipe buffer
+            os.close(write_end)
+            write_end = -1
+            args = ["cms", "-decrypt", "-inform", "DER", "-recip", str(recip)]
+            done = subprocess.run(
+                [exe, *args, "-inkey", f"/dev/fd/{read_end}"],
+                input=der,
+                capture_output=True,
+                timeout=timeout,
+                pass_fds=(read_end,),
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise SmimeTemporaryError(f"openssl cms -decrypt took over {timeout:g} s") from None
+        except OSError as exc:
+            raise SmimeTemporaryError(f"cannot run openssl: {exc.strerror}") from None
+        finally:
+            os.close(read_end)
+            if write_end >= 0:
+                os.close(write_end)
+    if done.returncode != 0:
+        raise SmimeError(
+            "cannot decrypt (legacy cipher): not encrypted to this certificate, or corrupt"
+        )
+    return done.stdout
 
 
 def _is_auth_enveloped(der: bytes) -> bool:
