@@ -169,11 +169,13 @@ def _raw_payload(part: Message) -> bytes:
     return payload if isinstance(payload, bytes) else b""
 
 
-def _qp(data: bytes) -> str:
+def _qp(data: bytes) -> bytes:
     """Quoted-printable text with CRLF hard breaks; 'From ' escaped so no mbox mangles it."""
     encoded = binascii.b2a_qp(data.replace(b"\r\n", b"\n"), istext=True)
-    lines = [b"=46" + ln[1:] if ln.startswith(b"From ") else ln for ln in encoded.split(b"\n")]
-    return b"\r\n".join(lines).decode("ascii")
+    if encoded.startswith(b"From ") or b"\nFrom " in encoded:
+        lines = encoded.split(b"\n")
+        encoded = b"\n".join(b"=46" + ln[1:] if ln.startswith(b"From ") else ln for ln in lines)
+    return encoded.replace(b"\n", b"\r\n")
 
 
 def _b64(data: bytes) -> bytes:
@@ -198,7 +200,7 @@ def _recoded(head: Message, data: bytes) -> tuple[list[tuple[str, str]], bytes]:
     if is_text and "content-type" not in head:
         charset = "utf-8" if _is_utf8(data) else "unknown-8bit"
         fields.insert(0, ("Content-Type", f'text/plain; charset="{charset}"'))
-    return fields, _qp(data).encode("ascii") if is_text else _b64(data)
+    return fields, _qp(data) if is_text else _b64(data)
 
 
 def _recode_single(entity: bytes) -> bytes | None:
@@ -354,10 +356,11 @@ def decrypt(message: bytes, bundle: Bundle) -> bytes:
         raise SmimeError("the encrypted part is not valid base64") from None
     if not der:
         raise SmimeError("the encrypted part is empty")
-    if _is_auth_enveloped(der) or _smime_type(head) == "authenveloped-data":
-        raise SmimeError("AuthEnvelopedData (AES-GCM) cannot be decrypted here; ask for AES-CBC")
     try:
-        plain = pkcs7.pkcs7_decrypt_der(der, bundle.certificate, bundle.key, [])
+        if _is_auth_enveloped(der) or _smime_type(head) == "authenveloped-data":
+            plain = _openssl_decrypt(der, bundle, OPENSSL_TIMEOUT)  # cryptography cannot
+        else:
+            plain = pkcs7.pkcs7_decrypt_der(der, bundle.certificate, bundle.key, [])
     except UnsupportedAlgorithm:
         plain = _openssl_decrypt(der, bundle, OPENSSL_TIMEOUT)
     except (ValueError, TypeError):
@@ -372,8 +375,9 @@ def decrypt(message: bytes, bundle: Bundle) -> bytes:
 
 
 def _openssl_decrypt(der: bytes, bundle: Bundle, timeout: float) -> bytes:
-    """Legacy ciphers cryptography will not decrypt (3DES, the `openssl smime -encrypt`
-    default): `openssl cms -decrypt`, the key handed over a pipe so it never touches disk."""
+    """What cryptography will not decrypt: legacy ciphers (3DES, the `openssl smime -encrypt`
+    default) and AuthEnvelopedData (AES-GCM, RFC 5083). `openssl cms -decrypt`, the key
+    handed over a pipe so it never touches disk."""
     assert bundle.key is not None
     exe = shutil.which("openssl")
     if exe is None:
@@ -409,9 +413,7 @@ def _openssl_decrypt(der: bytes, bundle: Bundle, timeout: float) -> bytes:
             if write_end >= 0:
                 os.close(write_end)
     if done.returncode != 0:
-        raise SmimeError(
-            "cannot decrypt (legacy cipher): not encrypted to this certificate, or corrupt"
-        )
+        raise SmimeError("cannot decrypt (openssl): not encrypted to this certificate, or corrupt")
     return done.stdout
 
 
@@ -500,7 +502,7 @@ def _reason(stderr: str) -> str:
         return "message content was altered after signing, or the signature is bad"
     if "Verify error:" in stderr:
         detail = stderr[stderr.index("Verify error:") + len("Verify error:") :].splitlines()[0]
-        return f"certificate not trusted: {detail.strip()}"
+        return f"signer certificate not accepted: {detail.strip()}"
     if "error reading" in text or "mime" in text or "no content" in text:
         return "malformed S/MIME structure"
     first = next((ln for ln in stderr.splitlines() if ln.strip()), "unknown openssl error")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway.signing import smime
 from gateway.signing.certs import Bundle, fingerprint
@@ -258,14 +260,17 @@ def test_decrypts_what_openssl_encrypted(pki, args):
     assert text_of(restored) == TEXT
 
 
-def test_auth_enveloped_gcm_is_refused_clearly(pki):
+def test_auth_enveloped_gcm_goes_to_openssl(pki):
+    """cryptography cannot decrypt AuthEnvelopedData (RFC 5083); openssl can."""
     d = pki["dir"]
     (d / "content.txt").write_bytes(CONTENT)
     made = openssl(
         "cms", "-encrypt", "-aes-256-gcm", "-in", str(d / "content.txt"), str(d / "rcpt.pem")
     ).stdout
-    with pytest.raises(SmimeError, match="AuthEnvelopedData"):
-        smime.decrypt(made, pki["rcpt"])
+    assert smime._is_auth_enveloped(base64.b64decode(made.split(b"\n\n", 1)[1]))
+    assert smime.decrypt(made, pki["rcpt"]).endswith(CONTENT)
+    with pytest.raises(SmimeError, match="not encrypted to this certificate"):
+        smime.decrypt(made, pki["sender"])
 
 
 def test_decrypt_with_the_wrong_key_is_refused(pki):
@@ -327,7 +332,7 @@ def test_intact_but_untrusted_is_neutral_with_reason(pki):
     other = make_ca("Other CA").cert
     result = smime.verify(signed, [other])
     assert result.status == "neutral"
-    assert "certificate not trusted: " in result.reason  # chain carries the CA: self-signed
+    assert "signer certificate not accepted: " in result.reason  # chain carries the CA: self-signed
     assert result.signer is not None and SENDER in result.signer.addresses
     unchecked = smime.verify(signed)
     assert unchecked.status == "neutral" and "no trusted" in unchecked.reason
@@ -337,6 +342,17 @@ def test_expired_signer_is_neutral_at_that_time(pki):
     signed = smime.sign(seven_bit(), pki["sender"])
     result = smime.verify(signed, [pki["ca"].cert], now=NOW + timedelta(days=400))
     assert result.status == "neutral" and "expired" in result.reason
+
+
+def test_signer_without_email_protection_is_neutral(pki):
+    ca = pki["ca"]
+    tls = make_leaf(ca, SENDER, eku=[ExtendedKeyUsageOID.SERVER_AUTH])
+    signed = smime.sign(seven_bit(), Bundle(tls.cert, tls.key))
+    result = smime.verify(signed, [ca.cert])
+    assert (
+        result.status == "neutral"
+        and "not accepted: unsuitable certificate purpose" in result.reason
+    )
 
 
 def test_signer_who_is_not_from_fails(pki):
