@@ -126,6 +126,7 @@ def test_signed_vietnamese_8bit_verifies_with_openssl(pki, command):
     done = openssl(command, "-verify", "-in", str(d / "signed.eml"), "-CAfile", str(d / "ca.pem"))
     assert text_of(done.stdout) == TEXT
     assert parse(done.stdout)["content-transfer-encoding"] == "quoted-printable"
+    assert b"\r\nFrom " not in signed[len(OUTER) :]  # no mbox can add a '>' to a signed line
 
 
 def test_sign_keeps_outer_headers_and_moves_content_fields(pki):
@@ -258,6 +259,18 @@ def test_decrypts_what_openssl_encrypted(pki, args):
     assert restored.endswith(CONTENT)
     assert parse(restored)["Subject"] == "Mat"
     assert text_of(restored) == TEXT
+
+
+def test_header_fields_protected_inside_win_over_outer_copies(pki):
+    d = pki["dir"]
+    (d / "protected.txt").write_bytes(b"Subject: Real subject\r\n" + CONTENT)
+    made = openssl(
+        "cms", "-encrypt", "-aes256", "-in", str(d / "protected.txt"),
+        "-subject", "Fake subject", "-to", RCPT, str(d / "rcpt.pem"),
+    ).stdout  # fmt: skip
+    restored = parse(smime.decrypt(made, pki["rcpt"]))
+    assert restored.get_all("Subject") == ["Real subject"]
+    assert restored["To"] == RCPT
 
 
 def test_auth_enveloped_gcm_goes_to_openssl(pki):
