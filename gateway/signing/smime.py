@@ -433,12 +433,15 @@ def verify(
     trusted: Sequence[x509.Certificate] = (),
     now: datetime | None = None,
     *,
+    crls: Sequence[x509.CertificateRevocationList] = (),
     timeout: float = OPENSSL_TIMEOUT,
 ) -> Verification:
     """Check an S/MIME signature with `openssl cms -verify`.
 
     One openssl run when the chain reaches `trusted`; a second, with -noverify, only when it
     does not, to tell an altered message (fail) from an intact but untrusted one (neutral).
+    With `crls`, the signer must be on none of them and its issuer's CRL must be among them
+    (revoked, or no CRL for its issuer: neutral).
     """
     message = _crlf(message)
     if not is_signed(message):
@@ -460,11 +463,12 @@ def verify(
         chain_reason = "no trusted certificates configured"
         if trusted:
             ca_file = Path(tmp) / "trusted.pem"
+            # openssl cms has no -CRLfile; the CAfile lookup loads CRLs beside certificates.
             ca_file.write_bytes(
-                b"".join(c.public_bytes(serialization.Encoding.PEM) for c in trusted)
+                b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [*trusted, *crls])
             )
             args = [*base, "-CAfile", str(ca_file), "-no-CApath", "-no-CAstore"]
-            args += ["-purpose", "smimesign"]
+            args += ["-purpose", "smimesign"] + (["-crl_check"] if crls else [])
             if now is not None:
                 when = now if now.tzinfo else now.replace(tzinfo=UTC)
                 args += ["-attime", str(int(when.timestamp()))]

@@ -19,7 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from gateway.signing import smime
 from gateway.signing.certs import Bundle, fingerprint
 from gateway.signing.smime import SmimeError, SmimeTemporaryError
-from tests.unit.smime_pki import NOW, make_ca, make_leaf
+from tests.unit.smime_pki import NOW, make_ca, make_crl, make_leaf
 
 SENDER = "an.nguyen@bo.gov.vn"
 RCPT = "vanthu@tinh.gov.vn"
@@ -366,6 +366,16 @@ def test_signer_without_email_protection_is_neutral(pki):
         result.status == "neutral"
         and "not accepted: unsuitable certificate purpose" in result.reason
     )
+
+
+def test_revoked_signer_is_neutral_with_crl(pki):
+    ca = pki["ca"]
+    signed = smime.sign(seven_bit(), pki["sender"])
+    revoked = make_crl(ca, [pki["sender"].certificate], NOW - timedelta(hours=1))
+    result = smime.verify(signed, [ca.cert], crls=[revoked])
+    assert result.status == "neutral" and "certificate revoked" in result.reason
+    clean = make_crl(ca, [], NOW - timedelta(hours=1))
+    assert smime.verify(signed, [ca.cert], crls=[clean]).status == "pass"
 
 
 def test_signer_who_is_not_from_fails(pki):
