@@ -73,6 +73,9 @@ class Verification:
     status: Status
     reason: str = ""
     signer: Signer | None = None
+    # Opaque signed-data only: the message with the signed entity in place of the
+    # pkcs7-mime body (outer header fields kept), for delivery to readers without S/MIME.
+    unwrapped: bytes | None = field(default=None, repr=False)
 
 
 # --- raw message handling -------------------------------------------------------------
@@ -457,8 +460,6 @@ def verify(
             "SMIME",
             "-signer",
             str(signer_pem),
-            "-out",
-            os.devnull,
         ]
         chain_reason = "no trusted certificates configured"
         if trusted:
@@ -472,19 +473,21 @@ def verify(
             if now is not None:
                 when = now if now.tzinfo else now.replace(tzinfo=UTC)
                 args += ["-attime", str(int(when.timestamp()))]
-            ok, err = _openssl(args, message, timeout)
+            ok, out, err = _openssl(args, message, timeout)
             if ok:
-                return _with_signer(message, signer_pem, "pass", "")
+                return _with_signer(message, signer_pem, "pass", "", out)
             if _altered(err):
                 return Verification("fail", _reason(err))
             chain_reason = _reason(err)
-        ok, err = _openssl([*base, "-noverify"], message, timeout)
+        ok, out, err = _openssl([*base, "-noverify"], message, timeout)
         if not ok:
             return Verification("fail", _reason(err))
-        return _with_signer(message, signer_pem, "neutral", f"signature intact; {chain_reason}")
+        intact = f"signature intact; {chain_reason}"
+        return _with_signer(message, signer_pem, "neutral", intact, out)
 
 
-def _openssl(args: list[str], data: bytes, timeout: float) -> tuple[bool, str]:
+def _openssl(args: list[str], data: bytes, timeout: float) -> tuple[bool, bytes, str]:
+    """Run openssl; (succeeded, stdout, stderr). Trouble running it is temporary."""
     exe = shutil.which("openssl")
     if exe is None:
         raise SmimeTemporaryError("openssl not found on PATH: cannot verify S/MIME")
@@ -496,7 +499,7 @@ def _openssl(args: list[str], data: bytes, timeout: float) -> tuple[bool, str]:
         raise SmimeTemporaryError(f"openssl cms -verify took over {timeout:g} s") from None
     except OSError as exc:
         raise SmimeTemporaryError(f"cannot run openssl: {exc.strerror}") from None
-    return done.returncode == 0, done.stderr.decode("utf-8", "replace")
+    return done.returncode == 0, done.stdout, done.stderr.decode("utf-8", "replace")
 
 
 def _reason(stderr: str) -> str:
@@ -519,8 +522,11 @@ def _altered(stderr: str) -> bool:
     return any(w in text for w in ("content verify error", "digest failure", "signature failure"))
 
 
-def _with_signer(message: bytes, signer_pem: Path, status: Status, reason: str) -> Verification:
-    """Attach the signer; a signer who is not the From address makes the result fail."""
+def _with_signer(
+    message: bytes, signer_pem: Path, status: Status, reason: str, content: bytes
+) -> Verification:
+    """Attach the signer (and, for opaque signed-data, the unwrapped message); a signer who
+    is not the From address makes the result fail."""
     try:
         cert = x509.load_pem_x509_certificates(signer_pem.read_bytes())[0]
     except (OSError, ValueError, IndexError):
@@ -528,9 +534,14 @@ def _with_signer(message: bytes, signer_pem: Path, status: Status, reason: str) 
     held = addresses_of(cert)
     signer = Signer(held, fingerprint(cert), cert)
     head = _headers(message)
+    unwrapped = None
+    if head.get_content_type() in _MIME_TYPES:
+        outer, _ = _parts(message)
+        unwrapped = b"".join(outer) + _crlf(content)
     senders = {a.lower() for _, a in email.utils.getaddresses(head.get_all("from", [])) if a}
     if senders and not senders & held:
         listed = ", ".join(sorted(held)) or "no address"
         who = ", ".join(sorted(senders))
-        return Verification("fail", f"signed by a certificate for {listed}, not From {who}", signer)
-    return Verification(status, reason, signer)
+        reason = f"signed by a certificate for {listed}, not From {who}"
+        return Verification("fail", reason, signer, unwrapped)
+    return Verification(status, reason, signer, unwrapped)

@@ -319,6 +319,11 @@ def test_verifies_what_openssl_signed(pki, args):
     assert result.signer is not None
     assert result.signer.addresses == {SENDER}
     assert result.signer.fingerprint == fingerprint(pki["sender"].certificate)
+    if "-nodetach" in args:
+        assert result.unwrapped is not None and result.unwrapped.endswith(CONTENT)
+        assert text_of(result.unwrapped) == TEXT and parse(result.unwrapped)["Subject"] == "Ky"
+    else:
+        assert result.unwrapped is None
 
 
 def flip_one_body_byte(signed: bytes, old: bytes, new: bytes) -> bytes:
