@@ -72,6 +72,8 @@ _GPG_OPTIONS = [
     "--no-auto-key-locate",
     "--pinentry-mode",
     "loopback",
+    "--display-charset",
+    "utf-8",
     "--no-greeting",
     "--no-secmem-warning",
 ]
@@ -370,6 +372,15 @@ class _TimedGPG(gnupg.GPG):
         finally:
             timer.cancel()
 
+    def _decode_result(self, result):  # type: ignore[no-untyped-def]
+        """Key listings: gpg writes UTF-8 UIDs, and a UTF-8 byte such as 0x85 must not end a
+        line, which python-gnupg's latin-1 str.splitlines() does ("Nguyễn" has one)."""
+        for line in result.data.decode("utf-8", "replace").split("\n"):
+            fields = line.strip().split(":")
+            if fields[0] in ("pub", "uid", "sec", "fpr", "sub", "ssb", "sig", "grp"):
+                getattr(result, fields[0])(fields)
+        return result
+
 
 def _expire(process: subprocess.Popen, result: object) -> None:
     result.timed_out = True  # type: ignore[attr-defined]
@@ -385,6 +396,16 @@ def _addresses(uids: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
+def _latin1(passphrase: str | None) -> str | None:
+    """python-gnupg writes the passphrase in its latin-1 encoding: hand it the UTF-8 bytes."""
+    return None if passphrase is None else passphrase.encode("utf-8").decode("latin-1")
+
+
+def _utf8(text: str) -> str:
+    """Undo python-gnupg's latin-1 reading of gpg's UTF-8 output (UIDs)."""
+    return text.encode("latin-1", "replace").decode("utf-8", "replace")
+
+
 def _gpg_said(result: object) -> str:
     """gpg's last own message (not a status line): a reason, never key material."""
     lines = [
@@ -392,7 +413,7 @@ def _gpg_said(result: object) -> str:
         for line in str(getattr(result, "stderr", "") or "").splitlines()
         if line.startswith("gpg:")
     ]
-    return lines[-1][:200] if lines else ""
+    return _utf8(lines[-1])[:200] if lines else ""
 
 
 class Keyring:
@@ -403,7 +424,9 @@ class Keyring:
     keys import` while `serve` runs) counts for the next message.
     """
 
-    def __init__(self, home: str | os.PathLike[str], *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, home: str | os.PathLike[str], *, timeout: float = 10.0, gpgbinary: str = "gpg"
+    ) -> None:
         self.home = Path(home)
         self.timeout = timeout
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -419,14 +442,14 @@ class Keyring:
         try:
             self._gpg = _TimedGPG(
                 timeout,
+                gpgbinary=gpgbinary,
                 gnupghome=str(self.home),
                 options=_GPG_OPTIONS,
                 env=self._env,
-                encoding="utf-8",
+                encoding="latin-1",  # gpg's stderr may hold any bytes; latin-1 never fails
             )
         except (OSError, ValueError) as exc:
             raise PgpTemporaryError(f"gpg cannot start: {type(exc).__name__}") from None
-        self._gpg.decode_errors = "replace"
         self._write = threading.Lock()  # imports and removals, one at a time
         self._cache_lock = threading.Lock()
         self._cache: tuple[tuple[object, ...], float, tuple[KeyInfo, ...]] | None = None
@@ -490,7 +513,9 @@ class Keyring:
         if b"-----BEGIN PGP " not in armored:
             raise PgpError("not an ASCII-armoured OpenPGP key")
         with self._write:
-            result = self._run("import", self._gpg.import_keys, armored, passphrase=passphrase)
+            result = self._run(
+                "import", self._gpg.import_keys, armored, passphrase=_latin1(passphrase)
+            )
             self._tighten()
             self._cache = None
         fingerprints = [fp for fp in dict.fromkeys(result.fingerprints) if fp]
@@ -580,7 +605,7 @@ class Keyring:
             entity,
             keyid=key.fingerprint,
             detach=True,
-            passphrase=passphrase,
+            passphrase=_latin1(passphrase),
             extra_args=_DIGEST,
         )
         if not result.fingerprint:
@@ -628,7 +653,7 @@ class Keyring:
             sign=sign_with.fingerprint if sign_with else None,
             always_trust=True,
             armor=True,
-            passphrase=passphrase,
+            passphrase=_latin1(passphrase),
             extra_args=_DIGEST if sign_with else None,
         )
         if not result.ok:
@@ -682,7 +707,8 @@ class Keyring:
         if result.valid and fingerprint and not problems:
             verdict, status = "pass", "good signature"
         else:
-            status = problems[0]["status"] if problems else "no signature found"
+            statuses = [p["status"] for p in problems] or ["no signature found"]
+            status = next((st for st in statuses if st not in _NEUTRAL), statuses[-1])
             verdict = "neutral" if status in _NEUTRAL else "fail"
         key = next(
             (k for k in self._listing() if fingerprint and k.fingerprint == fingerprint), None
@@ -705,7 +731,7 @@ class Keyring:
             raise PgpError(f"multipart/encrypted with {len(parts)} parts, not 2")
         data_part = BytesParser(policy=compat32).parsebytes(parts[1])
         ciphertext = data_part.get_payload(decode=True) or b""
-        result = self._run("decrypt", self._gpg.decrypt, ciphertext, passphrase=passphrase)
+        result = self._run("decrypt", self._gpg.decrypt, ciphertext, passphrase=_latin1(passphrase))
         if not result.ok:
             raise PgpError(f"decrypt: {result.status or _gpg_said(result)}")
         inner = _crlf(result.data)
