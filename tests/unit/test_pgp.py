@@ -11,6 +11,7 @@ import os
 import stat
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default
@@ -99,6 +100,9 @@ def world(tmp_path_factory):
         "revoked": gen_key(keygen, f"Hủy <{REVOKED}>"),
         "protected": gen_key(keygen, f"Mật <{PROTECTED}>", passphrase=PASSPHRASE),
     }
+    # signing subkeys: signatures then name the subkey, and KeyInfo must still be the primary
+    gpg(outside, "--passphrase", "", "--quick-add-key", fpr["partner"], "ed25519", "sign", "1y")
+    gpg(keygen, "--passphrase", "", "--quick-add-key", fpr["sender"], "ed25519", "sign", "1y")
     print(f"\nkey generation: {time.perf_counter() - t0:.2f} s for 6 ed25519/cv25519 keys")
     rev = (keygen / "openpgp-revocs.d" / f"{fpr['revoked']}.rev").read_bytes()
     gpg(keygen, "--import", data=rev.replace(b":-----BEGIN", b"-----BEGIN"))
@@ -198,6 +202,13 @@ def test_home_private_and_user_gnupg_untouched(world):
             if path.is_file() and not path.is_socket():
                 assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert not (world["fake_home"] / ".gnupg").exists()
+    socket = subprocess.run(
+        ["gpgconf", "--homedir", str(gw.home), "--list-dirs", "agent-socket"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.strip()
+    assert Path(socket).is_socket()  # the agent was started with the keyring, and kept
 
 
 def test_keys_primary_fingerprint_addresses_and_capabilities(world):
@@ -249,6 +260,16 @@ def test_key_imported_by_another_process_counts_at_once(world, tmp_path):
     finally:
         gw.remove(world["fpr"]["stranger"])
     assert gw.encryption_key(STRANGER) is None
+
+
+def test_remove_secret_key(world):
+    gw: Keyring = world["gw"]
+    gw.remove(world["fpr"]["expired"])
+    assert gw.keys(EXPIRED) == []
+    listed = gpg(gw.home, "--with-colons", "-K").stdout.decode()
+    assert world["fpr"]["expired"] not in listed
+    gw.import_key(world["armoured"]["expired"])
+    assert gw.keys(EXPIRED)[0].secret
 
 
 def test_remove_and_reimport(world):
@@ -382,6 +403,12 @@ ENTITY = (
 
 def test_cli_signed_message_verified(world, tmp_path):
     gw: Keyring = world["gw"]
+    # the CLI signs with the partner's signing subkey, not its primary key
+    message = mime_signed_by_cli(world["outside"], PARTNER, ENTITY, tmp_path)
+    first, signature = rfc3156_parts(message)
+    proc = gpg_verify_detached(world["outside"], first, signature, tmp_path)
+    validsig = next(ln for ln in proc.stderr.decode().splitlines() if "VALIDSIG" in ln).split()
+    assert validsig[2] in subkey_fprs(world["outside"], world["fpr"]["partner"])
     v = gw.verify(mime_signed_by_cli(world["outside"], PARTNER, ENTITY, tmp_path))
     assert (v.status, v.fingerprint, v.addresses) == ("pass", world["fpr"]["partner"], (PARTNER,))
     v = gw.verify(mime_signed_by_cli(world["outside"], STRANGER, ENTITY, tmp_path))
@@ -468,7 +495,7 @@ def test_cli_encrypted_and_signed_message_decrypted(world):
     assert msg.get_content().replace("\r\n", "\n") == VIETNAMESE
     assert result.message.endswith(ENTITY)
 
-    plain = gpg(outside, *args, data=ENTITY).stdout
+    plain = gpg(outside, *args, "-r", world["fpr"]["partner"], data=ENTITY).stdout
     result = gw.decrypt(mime_encrypted_by_cli(outside, plain))
     assert not result.signed and result.verification.status == "none"
     assert result.message.endswith(ENTITY)
@@ -505,6 +532,28 @@ def test_own_roundtrip(world):
     result = gw.decrypt(out)
     assert result.signed and result.verification.status == "pass"
     assert decoded(result.message) == decoded(build_message())
+
+
+def test_worker_threads_share_one_keyring(world):
+    gw: Keyring = world["gw"]
+    sender, partner = gw.signing_key(SENDER), gw.encryption_key(PARTNER)
+
+    def one(i: int) -> tuple[str, bool]:
+        msg = simple_8bit().replace(b"<s1@", f"<t{i}@".encode())
+        signed = gw.sign(msg, sender)
+        enc = gw.encrypt(msg, [partner, sender], sign_with=sender)
+        return gw.verify(signed).status, gw.decrypt(enc).verification.status == "pass"
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(one, range(12)))
+    assert results == [("pass", True)] * 12
+
+
+def test_agent_gone_is_restarted(world):
+    gw: Keyring = world["gw"]
+    subprocess.run(["gpgconf", "--homedir", str(gw.home), "--kill", "gpg-agent"], timeout=30)
+    signed = gw.sign(simple_8bit(), gw.signing_key(SENDER))
+    assert gw.verify(signed).status == "pass"
 
 
 # --- passphrases, secrets, failures ----------------------------------------------------
