@@ -203,6 +203,9 @@ class SigningSection:
     dns_timeout: float = _opt("seconds", 2.0, "per DKIM key lookup; then dkim=temperror")
     dns_resolver: ListenAddress | None = _opt("listen", None, "HOST:PORT; default: the system's")
     crl_file: Path | None = _opt("file", None, "PEM or DER CRL checked for S/MIME certificates")
+    smime_ca_file: Path | None = _opt(
+        "file", None, "PEM CAs whose S/MIME signatures inbound are smime=pass"
+    )
     gpg_timeout: float = _opt("seconds", 10.0, "per gpg call; then 451")
     dkim: DkimSection | None = None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
@@ -255,3 +256,26 @@ def describe(cert: x509.Certificate) -> dict[str, object]:
         "addresses": sorted(addresses_of(cert)),
         "fingerprint": fingerprint(cert),
     }
+
+
+def load_certificates(path: Path | None) -> tuple[x509.Certificate, ...]:
+    """The PEM certificates in ``path`` (``signing.smime_ca_file``); none without a path."""
+    if path is None:
+        return ()
+    try:
+        return tuple(x509.load_pem_x509_certificates(path.read_bytes()))
+    except ValueError:
+        raise CertificateError(f"{path} holds no PEM certificate") from None
+
+
+def load_crls(path: Path | None) -> tuple[x509.CertificateRevocationList, ...]:
+    """The CRL in ``path`` (``signing.crl_file``, PEM or DER); none without a path."""
+    if path is None:
+        return ()
+    data = path.read_bytes()
+    try:
+        if b"-----BEGIN" in data:
+            return (x509.load_pem_x509_crl(data),)
+        return (x509.load_der_x509_crl(data),)
+    except ValueError:
+        raise CertificateError(f"{path} is not a CRL") from None
