@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.header
 import email.utils
 import os
 import shutil
@@ -213,6 +214,8 @@ def _recode_single(entity: bytes) -> bytes | None:
     head = BytesHeaderParser(policy=policy.compat32).parsebytes(b"".join(fields) + b"\r\n")
     if head.get_content_maintype() in ("multipart", "message"):
         return None
+    if not all(f.isascii() for f in fields):
+        return None  # raw 8-bit header fields: the tree path encodes them
     cte = str(head.get("content-transfer-encoding", "7bit")).strip().lower()
     if cte in ("base64", "quoted-printable"):
         return entity
@@ -221,6 +224,46 @@ def _recode_single(entity: bytes) -> bytes | None:
     kept = [f for f in fields if _name(f) not in replaced]
     added = [f"{name}: {value}\r\n".encode("ascii") for name, value in new_fields]
     return b"".join(kept + added) + b"\r\n" + new_body
+
+
+def _seven_bit_headers(part: Message) -> bool:
+    """Raw 8-bit (UTF-8) MIME header fields made 7-bit: parameters such as a Vietnamese
+    filename as RFC 2231, other fields as RFC 2047 words. True when something changed."""
+    raw = list(part.raw_items())  # as parsed: compat32's get() would lose the 8-bit bytes
+    names = {k.lower(): k for k, v in reversed(raw) if not str(v).isascii()}  # first spelling
+    for name, spelling in names.items():
+        values = [_seven_bit_value(name, _unraw(str(v))) for k, v in raw if k.lower() == name]
+        del part[name]
+        for value in values:
+            part[spelling] = value
+    return bool(names)
+
+
+def _seven_bit_value(name: str, text: str) -> str:
+    if name not in ("content-type", "content-disposition"):
+        return text if text.isascii() else email.header.Header(text, "utf-8").encode()
+    holder = Message()
+    holder[name] = text
+    params = holder.get_params(header=name) or [("", "")]
+    return params[0][0] + "".join(f"; {_param(key, value)}" for key, value in params[1:])
+
+
+def _unraw(value: str) -> str:
+    """Text from raw header bytes that compat32 hands back as surrogate escapes or as
+    Latin-1 code points (its unknown-8bit Header); the bytes are taken as UTF-8."""
+    try:
+        raw = value.encode("latin-1", "surrogateescape")
+    except UnicodeEncodeError:
+        return value  # already real text
+    return raw.decode("utf-8", "replace")
+
+
+def _param(key: str, value: str | tuple[str, str, str]) -> str:
+    text = email.utils.collapse_rfc2231_value(value) if isinstance(value, tuple) else value
+    text = _unraw(text)
+    if text.isascii():
+        return f'{key}="{email.utils.quote(text)}"'
+    return f"{key}*={email.utils.encode_rfc2231(text, 'utf-8', '')}"
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -250,6 +293,7 @@ def seven_bit_entity(entity: bytes) -> bytes:
     if single is not None:
         return single
     tree = BytesParser(policy=_POLICY).parsebytes(entity)
+    renamed = [p for p in tree.walk() if _seven_bit_headers(p)]
     leaves = [p for p in tree.walk() if _needs_recoding(p)]
     containers = [
         p
@@ -257,7 +301,7 @@ def seven_bit_entity(entity: bytes) -> bytes:
         if p.is_multipart()
         and str(p.get("content-transfer-encoding", "")).strip().lower() in ("8bit", "binary")
     ]
-    if not leaves and not containers:
+    if not leaves and not containers and not renamed:
         return entity
     for part in leaves:
         _recode(part)

@@ -163,6 +163,33 @@ def test_multipart_html_and_attachment_survive_signing(pki):
     assert smime.verify(signed, [pki["ca"].cert]).status == "pass"
 
 
+@pytest.mark.parametrize("multipart", [False, True], ids=["one-part", "multipart"])
+def test_raw_utf8_filename_becomes_rfc2231(pki, multipart):
+    attachment = (
+        'Content-Type: application/pdf; name="Công văn 123.pdf"\r\n'
+        'Content-Disposition: attachment; filename="Công văn 123.pdf"\r\n'
+        "Content-Description: Tài liệu\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n"
+    ).encode() + smime._b64(ATTACHMENT)
+    if multipart:
+        entity = (
+            b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+            b"--b1\r\n" + attachment + b"\r\n--b1--\r\n"
+        )
+    else:
+        entity = b"MIME-Version: 1.0\r\n" + attachment
+    signed = smime.sign(OUTER + entity, pki["sender"])
+    assert max(signed[len(OUTER) :]) < 0x80
+    d = pki["dir"]
+    (d / "name.eml").write_bytes(signed)
+    content = openssl("cms", "-verify", "-in", str(d / "name.eml"), "-CAfile", str(d / "ca.pem"))
+    part = next(p for p in parse(content.stdout).walk() if not p.is_multipart())
+    assert part.get_filename() == "Công văn 123.pdf"
+    assert part.get_param("name") == "Công văn 123.pdf"
+    assert part["Content-Description"] == "Tài liệu"
+    assert part.get_content() == ATTACHMENT
+
+
 def test_seven_bit_entity_is_signed_byte_exact(pki):
     message = seven_bit()
     signed = smime.sign(message, pki["sender"])
