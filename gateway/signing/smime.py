@@ -384,7 +384,7 @@ def encrypt(message: bytes, certificates: Sequence[x509.Certificate]) -> bytes:
 # --- decrypt ----------------------------------------------------------------------------
 
 
-def decrypt(message: bytes, bundle: Bundle) -> bytes:
+def decrypt(message: bytes, bundle: Bundle, *, timeout: float = OPENSSL_TIMEOUT) -> bytes:
     """The message again: outer headers kept, the encrypted entity restored in place.
 
     Header fields the sender protected inside the entity win over their outer copies.
@@ -405,11 +405,11 @@ def decrypt(message: bytes, bundle: Bundle) -> bytes:
         raise SmimeError("the encrypted part is empty")
     try:
         if _is_auth_enveloped(der) or _smime_type(head) == "authenveloped-data":
-            plain = _openssl_decrypt(der, bundle, OPENSSL_TIMEOUT)  # cryptography cannot
+            plain = _openssl_decrypt(der, bundle, timeout)  # cryptography cannot
         else:
             plain = pkcs7.pkcs7_decrypt_der(der, bundle.certificate, bundle.key, [])
     except UnsupportedAlgorithm:
-        plain = _openssl_decrypt(der, bundle, OPENSSL_TIMEOUT)
+        plain = _openssl_decrypt(der, bundle, timeout)
     except (ValueError, TypeError):
         raise SmimeError(
             "cannot decrypt: not encrypted to this certificate, or the data is corrupt"

@@ -135,6 +135,10 @@ def test_fingerprint_matches_openssl(tmp_path: Path, leaf):
     assert fingerprint(leaf.cert) == out.split("=", 1)[1].strip().replace(":", "").lower()
 
 
+def test_bundle_repr_shows_no_key(ca, leaf):
+    assert "key" not in repr(load_bundle(leaf.cert_pem() + leaf.key_pem()))
+
+
 def test_describe_names_what_keys_list_shows(leaf):
     info = describe(leaf.cert)
     assert info["addresses"] == [ADDR]

@@ -12,6 +12,7 @@ from email.parser import BytesParser
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -207,6 +208,17 @@ def test_lf_input_is_signed_as_crlf(pki):
     assert smime.verify(signed, [pki["ca"].cert]).status == "pass"
 
 
+def test_ecdsa_signer_verifies_with_openssl(pki):
+    ca = pki["ca"]
+    leaf = make_leaf(ca, SENDER, key=ec.generate_private_key(ec.SECP256R1()))
+    signed = smime.sign(vietnamese_8bit(), Bundle(leaf.cert, leaf.key))
+    d = pki["dir"]
+    (d / "ec.eml").write_bytes(signed)
+    done = openssl("cms", "-verify", "-in", str(d / "ec.eml"), "-CAfile", str(d / "ca.pem"))
+    assert text_of(done.stdout) == TEXT
+    assert smime.verify(signed, [ca.cert]).status == "pass"
+
+
 def test_sign_without_key_is_refused(pki):
     with pytest.raises(SmimeError, match="no private key"):
         smime.sign(seven_bit(), Bundle(pki["rcpt"].certificate))
@@ -311,6 +323,17 @@ def test_auth_enveloped_gcm_goes_to_openssl(pki):
     assert smime.decrypt(made, pki["rcpt"]).endswith(CONTENT)
     with pytest.raises(SmimeError, match="not encrypted to this certificate"):
         smime.decrypt(made, pki["sender"])
+
+
+def test_openssl_decrypt_trouble_is_temporary(pki, monkeypatch):
+    d = pki["dir"]
+    (d / "content.txt").write_bytes(CONTENT)
+    made = openssl("smime", "-encrypt", "-in", str(d / "content.txt"), str(d / "rcpt.pem")).stdout
+    with pytest.raises(SmimeTemporaryError, match="took over"):
+        smime.decrypt(made, pki["rcpt"], timeout=0.000001)
+    monkeypatch.setattr(smime.shutil, "which", lambda _name: None)
+    with pytest.raises(SmimeTemporaryError, match="openssl not found"):
+        smime.decrypt(made, pki["rcpt"])
 
 
 def test_decrypt_with_the_wrong_key_is_refused(pki):
