@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from gateway.signing import smime
 from gateway.signing.certs import Bundle, fingerprint
 from gateway.signing.smime import SmimeError, SmimeTemporaryError
-from tests.unit.smime_pki import NOW, make_ca, make_crl, make_leaf
+from tests.unit.smime_pki import NOW, forget_keys, make_ca, make_crl, make_leaf
 
 SENDER = "an.nguyen@bo.gov.vn"
 RCPT = "vanthu@tinh.gov.vn"
@@ -89,12 +89,13 @@ def pki(tmp_path_factory):
     (d / "ca.pem").write_bytes(ca.cert_pem())
     sender.write(d, "sender")
     rcpt.write(d, "rcpt")
-    return {
+    yield {
         "dir": d,
         "ca": ca,
         "sender": Bundle(sender.cert, sender.key, (ca.cert,)),
         "rcpt": Bundle(rcpt.cert, rcpt.key),
     }
+    forget_keys(d)
 
 
 def openssl(*args: str, data: bytes | None = None, ok: bool = True) -> subprocess.CompletedProcess:
@@ -267,9 +268,12 @@ def test_our_decrypt_restores_our_signed_message(pki):
     assert result.status == "pass"
 
 
-def test_encrypt_needs_a_certificate():
+def test_encrypt_needs_rsa_certificates(pki):
     with pytest.raises(SmimeError, match="no recipient"):
         smime.encrypt(seven_bit(), [])
+    ec_leaf = make_leaf(pki["ca"], RCPT, key=ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(SmimeError, match="only RSA"):
+        smime.encrypt(seven_bit(), [pki["rcpt"].certificate, ec_leaf.cert])
 
 
 # --- decrypt what openssl made ------------------------------------------------------------
