@@ -155,7 +155,9 @@ def test_multipart_html_and_attachment_survive_signing(pki):
     signed = smime.sign(multipart_8bit(), pki["sender"])
     d = pki["dir"]
     (d / "multi.eml").write_bytes(signed)
-    content = openssl("cms", "-verify", "-in", str(d / "multi.eml"), "-CAfile", str(d / "ca.pem"))
+    ca_file = str(d / "ca.pem")
+    openssl("smime", "-verify", "-in", str(d / "multi.eml"), "-CAfile", ca_file)
+    content = openssl("cms", "-verify", "-in", str(d / "multi.eml"), "-CAfile", ca_file)
     tree = parse(content.stdout)
     plain, html, attachment = (p for p in tree.walk() if not p.is_multipart())
     assert plain.get_content().replace("\r\n", "\n") == TEXT
@@ -237,12 +239,13 @@ def test_encrypted_output_decrypts_with_openssl_to_the_entity(pki):
     (d / "enc.eml").write_bytes(encrypted)
     printed = openssl("cms", "-cmsout", "-print", "-in", str(d / "enc.eml")).stdout
     assert b"aes-256-cbc" in printed
-    for who in ("sender", "rcpt"):
-        done = openssl(
-            "cms", "-decrypt", "-in", str(d / "enc.eml"),
-            "-recip", str(d / f"{who}.pem"), "-inkey", str(d / f"{who}.key"),
-        )  # fmt: skip
-        assert done.stdout == message[len(OUTER) :]
+    for command in ("cms", "smime"):
+        for who in ("sender", "rcpt"):
+            done = openssl(
+                command, "-decrypt", "-in", str(d / "enc.eml"),
+                "-recip", str(d / f"{who}.pem"), "-inkey", str(d / f"{who}.key"),
+            )  # fmt: skip
+            assert done.stdout == message[len(OUTER) :], (command, who)
 
 
 def test_sign_then_encrypt_decrypts_and_verifies_with_openssl(pki):
