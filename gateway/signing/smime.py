@@ -140,7 +140,10 @@ def is_signed(message: bytes) -> bool:
 
 def is_encrypted(message: bytes) -> bool:
     """application/pkcs7-mime enveloped (or auth-enveloped) data."""
-    head = _headers(message)
+    return _encrypted_head(_headers(message))
+
+
+def _encrypted_head(head: Message) -> bool:
     if head.get_content_type() not in _MIME_TYPES:
         return False
     kind = _smime_type(head)
@@ -392,10 +395,10 @@ def decrypt(message: bytes, bundle: Bundle, *, timeout: float = OPENSSL_TIMEOUT)
     if bundle.key is None:
         raise SmimeError("no private key to decrypt with")
     message = _crlf(message)
-    if not is_encrypted(message):
+    head = _headers(message)
+    if not _encrypted_head(head):
         raise SmimeError("not an S/MIME encrypted message")
     fields, body = _split(message)
-    head = _headers(message)
     cte = str(head.get("content-transfer-encoding", "")).strip().lower()
     try:
         der = base64.b64decode(body) if cte == "base64" else body
