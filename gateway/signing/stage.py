@@ -91,10 +91,7 @@ class SigningStage:
                 for recipients, data in applied.groups:
                     body = await asyncio.to_thread(self.spool.new_body, data, ctx.queue_id)
                     groups.append((tuple(recipients), body))
-                rule = (
-                    "smime" if the_plan.signer is None or the_plan.signer[0] == "smime" else "pgp"
-                )
-                verdicts.append(self._transform(rule, applied.summary, groups))
+                verdicts.append(self._transform("signing", applied.summary, groups))
         except protect.Refused as exc:
             reply = replies.ENCRYPTION_REFUSED if exc.rule == "encryption" else replies.CANNOT_SIGN
             return [Verdict.reject(reply, exc.rule, exc.reason)]
