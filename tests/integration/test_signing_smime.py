@@ -226,3 +226,31 @@ def test_inbound_mail_encrypted_to_a_local_mailbox_is_decrypted_for_it(
     assert b"Noi dung bi mat cua du an." in received.data
     assert b"Authentication-Results: " + HOST.encode() in received.data
     gateway.wait_event("message_transformed", lambda e: "[decryption]" in e["reason"])
+
+
+def test_a_group_is_encrypted_to_each_member_or_refused_naming_who_lacks_a_key(
+    make_gateway, sink: Sink, ca: Pair, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Encryption comes after expansion: the members' certificates, not the group's."""
+    gateway = smime_gateway(make_gateway, sink, ca, tmp_path)
+    group = "phong@example.gov.vn"
+    gateway.cli("mailbox", "add", group, "--name", "Phòng KH", "--kind", "group")
+    for member in ("alice@example.gov.vn", "bob@example.gov.vn"):
+        gateway.cli("group", "add-member", group, member)
+    alice, bob = make_leaf(ca, "alice@example.gov.vn"), make_leaf(ca, "bob@example.gov.vn")
+    import_identity(gateway, tmp_path, "alice@example.gov.vn", alice, own=False)
+    gateway.start()
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        submit(gateway, "[encrypt] Kế hoạch", [group])
+    assert refused.value.smtp_code == 550 and b"bob@example.gov.vn" in refused.value.smtp_error
+    assert sink.messages == []
+    import_identity(gateway, tmp_path, "bob@example.gov.vn", bob, own=False)
+    submit(gateway, "[encrypt] Kế hoạch", [group])
+    (received,) = sink.wait_messages(1)
+    assert sorted(received.recipients) == ["alice@example.gov.vn", "bob@example.gov.vn"]
+    for pair, name in ((alice, "alice"), (bob, "bob")):
+        cert, key = pair.write(tmp_path, name)
+        plain = openssl("cms", "-decrypt", "-recip", str(cert), "-inkey", str(key),
+                        data=received.data)  # fmt: skip
+        assert plain.returncode == 0, plain.stderr
+        assert BODY.split("\n")[1] in text_of(plain.stdout)
