@@ -554,6 +554,16 @@ def _check_signing(reader: _Reader, signing: dict[str, Any]) -> None:
         if value is not None and value not in allowed:
             choices = " or ".join(f'"{a}"' for a in allowed)
             reader.fail(f"signing.{key}", f"{value!r} is not one of {choices}")
+    from gateway.signing.certs import CertificateError, load_certificates, load_crls
+
+    for key, load in (("smime_ca_file", load_certificates), ("crl_file", load_crls)):
+        path = signing.get(key)
+        if path is None or any(p.startswith(f"signing.{key}: ") for p in reader.problems):
+            continue
+        try:
+            load(path)
+        except (CertificateError, OSError) as exc:
+            reader.fail(f"signing.{key}", f"{exc}; give a PEM file")
 
 
 def _check_relations(reader: _Reader, sections: dict[str, Any]) -> None:
