@@ -254,3 +254,17 @@ def test_a_group_is_encrypted_to_each_member_or_refused_naming_who_lacks_a_key(
                         data=received.data)  # fmt: skip
         assert plain.returncode == 0, plain.stderr
         assert BODY.split("\n")[1] in text_of(plain.stdout)
+
+
+def test_a_certificate_imported_while_serving_counts_for_the_next_message(
+    make_gateway, sink: Sink, ca: Pair, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    gateway = smime_gateway(make_gateway, sink, ca, tmp_path).start()
+    with pytest.raises(smtplib.SMTPDataError):
+        submit(gateway, "[encrypt] Hồ sơ", [PARTNER])
+    import_identity(gateway, tmp_path, PARTNER, make_leaf(ca, PARTNER), own=False)
+    submit(gateway, "[encrypt] Hồ sơ", [PARTNER])
+    (received,) = sink.wait_messages(1)
+    assert b"enveloped-data" in received.data.split(b"\r\n\r\n", 1)[0]
+    imported = gateway.wait_event("key_imported")
+    assert imported["user"] == PARTNER and imported["actor"] == "cli"
