@@ -132,7 +132,8 @@ def start_site(
         }
     )
     gateway.start()
-    wait_for_port(web_port, process=gateway.process)
+    for port in (web_port, gateway.imap_port, gateway.imaps_port):
+        wait_for_port(port, process=gateway.process)
     return Site(gateway, files.ca, web_port)
 
 
