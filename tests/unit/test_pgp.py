@@ -12,6 +12,7 @@ import stat
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default
@@ -202,13 +203,49 @@ def test_home_private_and_user_gnupg_untouched(world):
             if path.is_file() and not path.is_socket():
                 assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert not (world["fake_home"] / ".gnupg").exists()
-    socket = subprocess.run(
-        ["gpgconf", "--homedir", str(gw.home), "--list-dirs", "agent-socket"],
+    assert agent_socket(gw.home).is_socket()
+
+
+def agent_socket(home: Path) -> Path:
+    out = subprocess.run(
+        ["gpgconf", "--homedir", str(home), "--list-dirs", "agent-socket"],
         capture_output=True,
         text=True,
         timeout=30,
     ).stdout.strip()
-    assert Path(socket).is_socket()  # the agent was started with the keyring, and kept
+    return Path(out)
+
+
+def test_agent_started_with_the_keyring_and_stopped_by_close(world, tmp_path):
+    gw = Keyring(tmp_path / "fresh")
+    assert agent_socket(gw.home).is_socket()  # warm before the first message
+    gw.close()
+    deadline = time.monotonic() + 10
+    while agent_socket(gw.home).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not agent_socket(gw.home).exists()
+
+
+def test_key_that_expires_while_listed_is_no_longer_offered(world):
+    gw: Keyring = world["gw"]
+    address = "sap.het@bo.gov.vn"
+    fpr = gpg(
+        world["keygen"],
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        f"<{address}>",
+        "future-default",
+        "default",
+        "seconds=3",
+    )
+    data = export(world["keygen"], f"<{address}>")
+    (info,) = gw.import_key(data)
+    assert gw.encryption_key(address) == info and fpr.returncode == 0
+    while datetime.now(UTC) <= info.expires:  # the listing is cached; the clock is not
+        time.sleep(0.1)
+    assert gw.encryption_key(address) is None
+    gw.remove(info.fingerprint)
 
 
 def test_keys_primary_fingerprint_addresses_and_capabilities(world):
@@ -344,6 +381,23 @@ def test_seven_bit_message_signed_byte_exact(world):
     original = b"From: a@bo.gov.vn\r\nSubject: x\r\nContent-Type: text/plain\r\n\r\n" + body
     first, _ = rfc3156_parts(gw.sign(original, gw.signing_key(SENDER)))
     assert first == b"Content-Type: text/plain\r\n\r\n" + body
+
+
+def test_undeclared_8bit_and_trailing_white_space_are_encoded(world, tmp_path):
+    gw: Keyring = world["gw"]
+    text = "Dòng có khoảng trắng cuối   \r\nDòng cuối\r\n"
+    original = (
+        f"From: {SENDER}\r\nSubject: x\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}"
+    ).encode()
+    ascii_trailing = b"From: a@bo.gov.vn\r\nContent-Type: text/plain\r\n\r\nkhoang trang  \r\n"
+    for message in (original, ascii_trailing):
+        signed = gw.sign(message, gw.signing_key(SENDER))
+        first, signature = rfc3156_parts(signed)
+        assert first.isascii()
+        assert not any(line.endswith((b" ", b"\t")) for line in first.split(b"\r\n"))
+        assert gpg_verify_detached(world["outside"], first, signature, tmp_path).returncode == 0
+        want = message_from_bytes(message, policy=default).get_content()
+        assert message_from_bytes(first, policy=default).get_content() == want
 
 
 def test_tampered_signed_message_fails(world):
