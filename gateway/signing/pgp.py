@@ -145,6 +145,7 @@ class KeyInfo:
     keyid: str
     addresses: tuple[str, ...]
     uids: tuple[str, ...]
+    subkeys: tuple[str, ...]
     secret: bool
     created: datetime | None
     expires: datetime | None
@@ -334,7 +335,9 @@ def _raw_parts(body: bytes, boundary: bytes) -> list[bytes]:
 
 
 def _head(message: bytes) -> Message:
-    return BytesParser(policy=compat32).parsebytes(_crlf(message), headersonly=True)
+    """The top-level header fields only: deciding what a message is needs no body."""
+    fields, _ = _split(message)
+    return BytesParser(policy=compat32).parsebytes(b"".join(fields) + b"\r\n")
 
 
 def is_signed(message: bytes) -> bool:
@@ -361,6 +364,7 @@ class _TimedGPG(gnupg.GPG):
 
     def __init__(self, timeout: float, **kwargs: object) -> None:
         self.timeout = timeout
+        self.calls = threading.local()  # per calling thread: did its last gpg time out?
         super().__init__(**kwargs)
 
     def _collect_output(self, process, result, writer=None, stdin=None):  # type: ignore[no-untyped-def]
@@ -371,6 +375,7 @@ class _TimedGPG(gnupg.GPG):
             return super()._collect_output(process, result, writer, stdin)
         finally:
             timer.cancel()
+            self.calls.timed_out = bool(getattr(result, "timed_out", False))
 
     def _decode_result(self, result):  # type: ignore[no-untyped-def]
         """Key listings: gpg writes UTF-8 UIDs, and a UTF-8 byte such as 0x85 must not end a
@@ -486,21 +491,27 @@ class Keyring:
     def _tighten(self) -> None:
         """Directories 0700, files 0600: key material is readable by the gateway user only."""
         for root, dirs, files in os.walk(self.home):
-            for d in dirs:
-                os.chmod(os.path.join(root, d), 0o700)
-            for f in files:
-                path = os.path.join(root, f)
-                if stat.S_ISREG(os.lstat(path).st_mode):
-                    os.chmod(path, 0o600)
+            for name in dirs + files:
+                path = os.path.join(root, name)
+                try:  # another gpg may create and remove its lock and temp files meanwhile
+                    mode = os.lstat(path).st_mode
+                    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+                        os.chmod(path, 0o700 if stat.S_ISDIR(mode) else 0o600)
+                except FileNotFoundError:
+                    continue
 
     def _run(self, what: str, call, *args, **kwargs):  # type: ignore[no-untyped-def]
         """Run one python-gnupg call; a timeout, a missing gpg or agent is temporary."""
+        late = PgpTemporaryError(f"{what}: gpg did not answer within {self.timeout}s")
+        self._gpg.calls.timed_out = False
         try:
             result = call(*args, **kwargs)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # a killed gpg breaks python-gnupg's input pipe
+            if self._gpg.calls.timed_out:
+                raise late from None
             raise PgpTemporaryError(f"{what}: gpg failed to run ({type(exc).__name__})") from None
-        if getattr(result, "timed_out", False):
-            raise PgpTemporaryError(f"{what}: gpg did not answer within {self.timeout}s")
+        if self._gpg.calls.timed_out:
+            raise late
         said = _gpg_said(result)
         if any(marker in str(getattr(result, "stderr", "")).lower() for marker in _TEMPORARY):
             raise PgpTemporaryError(f"{what}: {said or 'gpg unavailable'}")
@@ -603,13 +614,14 @@ class Keyring:
             "sign",
             self._gpg.sign,
             entity,
-            keyid=key.fingerprint,
             detach=True,
             passphrase=_latin1(passphrase),
-            extra_args=_DIGEST,
+            extra_args=_signer(key),
         )
         if not result.fingerprint:
             raise PgpError(f"sign with {key.fingerprint}: {_sign_failure(result)}")
+        if result.fingerprint not in (key.fingerprint, *key.subkeys):
+            raise PgpError(f"sign with {key.fingerprint}: gpg used another key")
         micalg = _HASH_NAMES.get(str(result.hash_algo), "sha256")
         boundary = _boundary(entity)
         signature = _crlf(result.data)
@@ -650,11 +662,11 @@ class Keyring:
             self._gpg.encrypt,
             entity,
             [r.fingerprint for r in recipients],
-            sign=sign_with.fingerprint if sign_with else None,
+            sign=sign_with is not None,
             always_trust=True,
             armor=True,
             passphrase=_latin1(passphrase),
-            extra_args=_DIGEST if sign_with else None,
+            extra_args=_signer(sign_with) if sign_with else None,
         )
         if not result.ok:
             who = ", ".join(r.fingerprint for r in recipients)
@@ -754,6 +766,12 @@ def _signature_problems(result: gnupg.Verify) -> list[dict]:
     return [p for p in result.problems if p.get("status") != "no secret key"]
 
 
+def _signer(key: KeyInfo) -> list[str]:
+    """`--local-user`, not python-gnupg's `--default-key`: given an expired or revoked key,
+    `--default-key` silently signs with another secret key; `--local-user` fails."""
+    return ["--local-user", key.fingerprint, *_DIGEST]
+
+
 def _newest(key: KeyInfo) -> datetime:
     return key.created or datetime.min.replace(tzinfo=UTC)
 
@@ -773,6 +791,7 @@ def _key_info(key: dict, secret: bool) -> KeyInfo:
         keyid=key.get("keyid", ""),
         addresses=_addresses(uids),
         uids=uids,
+        subkeys=tuple(sub[2] for sub in key.get("subkeys", ()) if sub[2]),
         secret=secret,
         created=_epoch(key.get("date")),
         expires=expires,
