@@ -91,6 +91,7 @@ _TEMPORARY = (
     "no space left on device",
     "resource temporarily unavailable",
     "keydb_search failed",
+    "pubring.kbx: read error",
     "waiting for lock",
 )
 _SIG_PART_HEADERS = (
@@ -246,7 +247,7 @@ def _needs_encoding(part: Message) -> bool:
         return False
     raw = part.get_payload(decode=cte != "quoted-printable")
     if isinstance(raw, str):
-        raw = raw.encode("ascii", "surrogateescape")
+        raw = raw.encode("utf-8", "surrogateescape")
     if not isinstance(raw, bytes):
         return False
     if not raw.isascii():
@@ -512,9 +513,10 @@ class Keyring:
             raise PgpTemporaryError(f"{what}: gpg failed to run ({type(exc).__name__})") from None
         if self._gpg.calls.timed_out:
             raise late
-        said = _gpg_said(result)
-        if any(marker in str(getattr(result, "stderr", "")).lower() for marker in _TEMPORARY):
-            raise PgpTemporaryError(f"{what}: {said or 'gpg unavailable'}")
+        failed = getattr(result, "returncode", 0) != 0
+        stderr = str(getattr(result, "stderr", "")).lower()
+        if failed and any(marker in stderr for marker in _TEMPORARY):
+            raise PgpTemporaryError(f"{what}: {_gpg_said(result) or 'gpg unavailable'}")
         return result
 
     # keys
@@ -594,6 +596,10 @@ class Keyring:
                 return cached[2]
         public = self._run("list keys", self._gpg.list_keys)
         secret = self._run("list keys", self._gpg.list_keys, True)
+        for result in (public, secret):  # an empty listing must never stand in for "no key"
+            if result.returncode != 0:
+                reason = _gpg_said(result) or f"gpg exit {result.returncode}"
+                raise PgpTemporaryError(f"keyring unreadable: {reason}")
         held = {k["fingerprint"] for k in secret}
         listing = tuple(_key_info(k, k["fingerprint"] in held) for k in public)
         with self._cache_lock:

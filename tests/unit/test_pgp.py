@@ -660,6 +660,20 @@ def test_gpg_that_does_not_answer_is_temporary(world, tmp_path):
         assert not isinstance(err.value, PgpError)
 
 
+def test_unreadable_keyring_is_temporary_not_no_key(world, tmp_path):
+    gw = Keyring(tmp_path / "broken")
+    (gw.home / "pubring.kbx").mkdir()  # gpg: "read error: Is a directory"
+    try:
+        with pytest.raises(PgpTemporaryError) as err:
+            gw.signing_key(SENDER)
+        assert "pubring.kbx" in err.value.reason
+        signed = world["gw"].sign(simple_8bit(), world["gw"].signing_key(SENDER))
+        with pytest.raises(PgpTemporaryError):
+            gw.verify(signed)
+    finally:
+        gw.close()
+
+
 def test_missing_gpg_is_temporary(world, tmp_path):
     with pytest.raises(PgpTemporaryError):
         Keyring(tmp_path / "h", gpgbinary=str(tmp_path / "no-such-gpg"))
