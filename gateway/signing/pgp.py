@@ -28,6 +28,7 @@ data_dir). Where a key has one, the caller passes it to `import_key`, `sign`, `e
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import logging
 import os
@@ -47,6 +48,7 @@ from email.parser import BytesParser
 from email.policy import compat32
 from email.utils import getaddresses
 from pathlib import Path
+from queue import Queue
 
 import gnupg
 
@@ -365,7 +367,6 @@ class _TimedGPG(gnupg.GPG):
 
     def __init__(self, timeout: float, **kwargs: object) -> None:
         self.timeout = timeout
-        self.calls = threading.local()  # per calling thread: did its last gpg time out?
         super().__init__(**kwargs)
 
     def _collect_output(self, process, result, writer=None, stdin=None):  # type: ignore[no-untyped-def]
@@ -376,7 +377,24 @@ class _TimedGPG(gnupg.GPG):
             return super()._collect_output(process, result, writer, stdin)
         finally:
             timer.cancel()
-            self.calls.timed_out = bool(getattr(result, "timed_out", False))
+
+    def _handle_io(self, args, fileobj_or_path, result, passphrase=None, binary=False):  # type: ignore[no-untyped-def]
+        """python-gnupg's, except that a broken input pipe is not raised: gpg stops reading
+        when it refuses (a revoked recipient, before reading a large message) or is killed,
+        and its status lines, not BrokenPipeError, say which (permanent vs temporary)."""
+        fileobj = self._get_fileobj(fileobj_or_path)
+        try:
+            process = self._open_subprocess(args, passphrase is not None)
+            if passphrase:
+                with contextlib.suppress(BrokenPipeError):
+                    process.stdin.write(f"{passphrase}\n".encode(self.encoding))
+            writer = gnupg._threaded_copy_data(fileobj, process.stdin, self.buffer_size, Queue())
+            self._collect_output(process, result, writer, process.stdin)
+            writer.join(self.timeout)
+            return result
+        finally:
+            if fileobj is not fileobj_or_path:
+                fileobj.close()
 
     def _decode_result(self, result):  # type: ignore[no-untyped-def]
         """Key listings: gpg writes UTF-8 UIDs, and a UTF-8 byte such as 0x85 must not end a
@@ -503,16 +521,12 @@ class Keyring:
 
     def _run(self, what: str, call, *args, **kwargs):  # type: ignore[no-untyped-def]
         """Run one python-gnupg call; a timeout, a missing gpg or agent is temporary."""
-        late = PgpTemporaryError(f"{what}: gpg did not answer within {self.timeout}s")
-        self._gpg.calls.timed_out = False
         try:
             result = call(*args, **kwargs)
-        except (OSError, ValueError) as exc:  # a killed gpg breaks python-gnupg's input pipe
-            if self._gpg.calls.timed_out:
-                raise late from None
+        except (OSError, ValueError) as exc:  # gpg missing or not executable
             raise PgpTemporaryError(f"{what}: gpg failed to run ({type(exc).__name__})") from None
-        if self._gpg.calls.timed_out:
-            raise late
+        if getattr(result, "timed_out", False):
+            raise PgpTemporaryError(f"{what}: gpg did not answer within {self.timeout}s")
         failed = getattr(result, "returncode", 0) != 0
         stderr = str(getattr(result, "stderr", "")).lower()
         if failed and any(marker in stderr for marker in _TEMPORARY):

@@ -13,7 +13,7 @@ import stat
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default
@@ -22,6 +22,7 @@ from pathlib import Path
 import gnupg
 import pytest
 
+from gateway.signing import pgp
 from gateway.signing.pgp import (
     Keyring,
     PgpError,
@@ -227,26 +228,21 @@ def test_agent_started_with_the_keyring_and_stopped_by_close(world, tmp_path):
     assert not agent_socket(gw.home).exists()
 
 
-def test_key_that_expires_while_listed_is_no_longer_offered(world):
+def test_key_that_expires_while_listed_is_no_longer_offered(world, monkeypatch):
     gw: Keyring = world["gw"]
-    address = "sap.het@bo.gov.vn"
-    fpr = gpg(
-        world["keygen"],
-        "--passphrase",
-        "",
-        "--quick-gen-key",
-        f"<{address}>",
-        "future-default",
-        "default",
-        "seconds=3",
-    )
-    data = export(world["keygen"], f"<{address}>")
-    (info,) = gw.import_key(data)
-    assert gw.encryption_key(address) == info and fpr.returncode == 0
-    while datetime.now(UTC) <= info.expires:  # the listing is cached; the clock is not
-        time.sleep(0.1)
-    assert gw.encryption_key(address) is None
-    gw.remove(info.fingerprint)
+    partner, sender = gw.encryption_key(PARTNER), gw.signing_key(SENDER)
+    assert partner.expires and sender.expires
+    later = max(partner.expires, sender.expires) + timedelta(days=1)
+
+    class Later(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return later
+
+    monkeypatch.setattr(pgp, "datetime", Later)  # the listing stays cached; the clock moves
+    assert gw.keys(PARTNER) == [partner]
+    assert gw.encryption_key(PARTNER) is None
+    assert gw.signing_key(SENDER) is None
 
 
 def test_keys_primary_fingerprint_addresses_and_capabilities(world):
@@ -528,9 +524,12 @@ def test_encrypt_refuses_without_recipients_or_to_a_revoked_key(world):
     gw: Keyring = world["gw"]
     with pytest.raises(PgpError):
         gw.encrypt(simple_8bit(), [])
-    with pytest.raises(PgpError) as err:
-        gw.encrypt(simple_8bit(), gw.keys(REVOKED))
-    assert world["fpr"]["revoked"] in err.value.reason
+    big = simple_8bit() + b"x" * 2_000_000  # gpg refuses before reading: the pipe breaks
+    for message in (simple_8bit(), big):
+        with pytest.raises(PgpError) as err:
+            gw.encrypt(message, gw.keys(REVOKED))
+        assert world["fpr"]["revoked"] in err.value.reason
+        assert not isinstance(err.value, PgpTemporaryError)
 
 
 def mime_encrypted_by_cli(home: Path, armoured: bytes) -> bytes:
@@ -645,16 +644,23 @@ def test_protected_key_needs_its_passphrase_and_never_leaks_it(world, caplog):
 def test_gpg_that_does_not_answer_is_temporary(world, tmp_path):
     slow = tmp_path / "slow-gpg"
     slow.write_text(
-        '#!/bin/sh\nfor a in "$@"; do [ "$a" = --detach-sign ] && exec sleep 30; done\n'
+        "#!/bin/sh\n"
+        'for a in "$@"; do case $a in --detach-sign|--encrypt) exec sleep 30;; esac; done\n'
         'exec gpg "$@"\n'
     )
     slow.chmod(0o700)
     gw = Keyring(world["gw"].home, timeout=1.0, gpgbinary=str(slow))
     big = simple_8bit() + b"x" * 1_000_000  # gpg never reads it: the writer's pipe breaks
-    for message in (simple_8bit(), big):
+    sender = gw.signing_key(SENDER)
+    calls = (
+        lambda: gw.sign(simple_8bit(), sender),
+        lambda: gw.sign(big, sender),
+        lambda: gw.encrypt(big, [sender]),
+    )
+    for call in calls:
         t0 = time.monotonic()
         with pytest.raises(PgpTemporaryError) as err:
-            gw.sign(message, gw.signing_key(SENDER))
+            call()
         assert time.monotonic() - t0 < 10
         assert "did not answer" in err.value.reason
         assert not isinstance(err.value, PgpError)
@@ -672,6 +678,19 @@ def test_unreadable_keyring_is_temporary_not_no_key(world, tmp_path):
             gw.verify(signed)
     finally:
         gw.close()
+
+
+def test_failed_key_listing_is_temporary_not_no_key(world, tmp_path):
+    failing = tmp_path / "failing-gpg"
+    failing.write_text(
+        '#!/bin/sh\nfor a in "$@"; do [ "$a" = --list-secret-keys ] && exit 2; done\n'
+        'exec gpg "$@"\n'
+    )
+    failing.chmod(0o700)
+    gw = Keyring(world["gw"].home, gpgbinary=str(failing))
+    with pytest.raises(PgpTemporaryError) as err:
+        gw.signing_key(SENDER)  # not None: that would mean "send unsigned" or a 5xx
+    assert "keyring unreadable" in err.value.reason
 
 
 def test_missing_gpg_is_temporary(world, tmp_path):
@@ -709,6 +728,12 @@ def test_speed_sign_encrypt_5kb(world):
     for name, call, n in (("Keyring, agent warm", ours, 40), ("raw python-gnupg", theirs, 40)):
         print(f"  {name}: " + rate(call, n))
     print("  Keyring, agent killed before each call: " + rate(cold, 15))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+
+        def two() -> None:
+            list(pool.map(lambda _: ours(), range(2)))
+
+        print("  Keyring, agent warm, 2 worker threads (x2 msgs): " + rate(two, 20))
 
 
 def rate(call, n: int) -> str:
