@@ -15,10 +15,21 @@ Why these gpg options (`_GPG_OPTIONS`):
 - `--homedir` is always the gateway's own directory and `GNUPGHOME` in gpg's environment says the
   same, so neither the tests nor the gateway ever read or write the user's ~/.gnupg.
 
-Speed: python-gnupg starts one gpg process per call. What makes a call cheap is that the agent
-is already running (it holds the unprotected secret keys in memory): `Keyring` launches it once
-(`gpgconf --launch gpg-agent`) and `close()` stops it. If the agent dies, the next gpg call starts
-a new one; a call that cannot reach it is a `PgpTemporaryError`.
+- Signing names the key with `--local-user`, never python-gnupg's `--default-key`: given an
+  expired or revoked key, `--default-key` quietly signs with another secret key.
+- `LC_ALL=C` and `--display-charset utf-8`: gpg's messages are matched in English below.
+
+Speed: python-gnupg starts one gpg process per call (sign+encrypt is one call). What makes a
+call cheap is an agent already running with the unprotected secret keys in memory: `Keyring`
+launches it once (`gpgconf --launch gpg-agent`) and `close()` stops it; a killed agent costs
+about half the rate (tests/unit/test_pgp.py prints the figures). Other gpg options measured
+(`--compress-algo none`, `--lock-never`, `--no-random-seed-file`, `--no-sig-cache`) changed
+nothing beyond noise: the process start is the cost. If the agent dies, the next gpg call
+starts a new one; a call that cannot reach it is a `PgpTemporaryError`.
+
+Errors: `PgpError` (the same input would fail again: no or unusable key, bad data) and
+`PgpTemporaryError` (gpg missing, killed after `timeout` s, agent unreachable, keyring
+unreadable). A key listing gpg could not read is always temporary, never "no key".
 
 Passphrases: keys are best imported without one (the key store's files are 0600 under
 data_dir). Where a key has one, the caller passes it to `import_key`, `sign`, `encrypt` (with
