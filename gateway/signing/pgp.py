@@ -34,6 +34,8 @@ unreadable). A key listing gpg could not read is always temporary, never "no key
 Passphrases: keys are best imported without one (the key store's files are 0600 under
 data_dir). Where a key has one, the caller passes it to `import_key`, `sign`, `encrypt` (with
 `sign_with`) and `decrypt`; it travels to gpg on a pipe, never in argv, a log or an exception.
+After one correct use the agent keeps the key unlocked for its cache TTL (gpg-agent's
+default-cache-ttl, 600 s from the last use), so later calls work without it for a while.
 """
 
 from __future__ import annotations

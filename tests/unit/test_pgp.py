@@ -631,10 +631,17 @@ def test_protected_key_needs_its_passphrase_and_never_leaks_it(world, caplog):
         gw.sign(simple_8bit(), key)
     with pytest.raises(PgpError) as err2:
         gw.sign(simple_8bit(), key, passphrase="sai")
+    sealed = gw.encrypt(simple_8bit(), [key])
+    with pytest.raises(PgpError) as err3:
+        gw.decrypt(sealed)
+    opened = gw.decrypt(sealed, passphrase=PASSPHRASE)
+    # from here on the agent holds the unlocked key for its cache TTL (documented)
     signed = gw.sign(simple_8bit(), key, passphrase=PASSPHRASE)
     assert gw.verify(signed).status == "pass"
+    text = message_from_bytes(opened.message, policy=default).get_content()
+    assert text.replace("\r\n", "\n") == VIETNAMESE
     gw.import_key(world["armoured"]["protected"], passphrase=PASSPHRASE)
-    for text in (str(err.value), str(err2.value), caplog.text):
+    for text in (str(err.value), str(err2.value), str(err3.value), caplog.text):
         assert PASSPHRASE not in text
         assert "PRIVATE KEY BLOCK" not in text
         body = world["armoured"]["protected"].decode().splitlines()[3][:40]
