@@ -15,19 +15,33 @@ Why these gpg options (`_GPG_OPTIONS`):
 - `--homedir` is always the gateway's own directory and `GNUPGHOME` in gpg's environment says the
   same, so neither the tests nor the gateway ever read or write the user's ~/.gnupg.
 
-Speed: python-gnupg starts one gpg process per call. What makes a call cheap is that the agent
-is already running (it holds the unprotected secret keys in memory): `Keyring` launches it once
-(`gpgconf --launch gpg-agent`) and `close()` stops it. If the agent dies, the next gpg call starts
-a new one; a call that cannot reach it is a `PgpTemporaryError`.
+- Signing names the key with `--local-user`, never python-gnupg's `--default-key`: given an
+  expired or revoked key, `--default-key` quietly signs with another secret key.
+- `LC_ALL=C` and `--display-charset utf-8`: gpg's messages are matched in English below.
+
+Speed: python-gnupg starts one gpg process per call (sign+encrypt is one call). What makes a
+call cheap is an agent already running with the unprotected secret keys in memory: `Keyring`
+launches it once (`gpgconf --launch gpg-agent`) and `close()` stops it; a killed agent costs
+about half the rate (tests/unit/test_pgp.py prints the figures). Other gpg options measured
+(`--compress-algo none`, `--lock-never`, `--no-random-seed-file`, `--no-sig-cache`) changed
+nothing beyond noise: the process start is the cost. If the agent dies, the next gpg call
+starts a new one; a call that cannot reach it is a `PgpTemporaryError`.
+
+Errors: `PgpError` (the same input would fail again: no or unusable key, bad data) and
+`PgpTemporaryError` (gpg missing, killed after `timeout` s, agent unreachable, keyring
+unreadable). A key listing gpg could not read is always temporary, never "no key".
 
 Passphrases: keys are best imported without one (the key store's files are 0600 under
 data_dir). Where a key has one, the caller passes it to `import_key`, `sign`, `encrypt` (with
 `sign_with`) and `decrypt`; it travels to gpg on a pipe, never in argv, a log or an exception.
+After one correct use the agent keeps the key unlocked for its cache TTL (gpg-agent's
+default-cache-ttl, 600 s from the last use), so later calls work without it for a while.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import logging
 import os
@@ -47,6 +61,7 @@ from email.parser import BytesParser
 from email.policy import compat32
 from email.utils import getaddresses
 from pathlib import Path
+from queue import Queue
 
 import gnupg
 
@@ -91,6 +106,7 @@ _TEMPORARY = (
     "no space left on device",
     "resource temporarily unavailable",
     "keydb_search failed",
+    "pubring.kbx: read error",
     "waiting for lock",
 )
 _SIG_PART_HEADERS = (
@@ -145,6 +161,7 @@ class KeyInfo:
     keyid: str
     addresses: tuple[str, ...]
     uids: tuple[str, ...]
+    subkeys: tuple[str, ...]
     secret: bool
     created: datetime | None
     expires: datetime | None
@@ -245,7 +262,7 @@ def _needs_encoding(part: Message) -> bool:
         return False
     raw = part.get_payload(decode=cte != "quoted-printable")
     if isinstance(raw, str):
-        raw = raw.encode("ascii", "surrogateescape")
+        raw = raw.encode("utf-8", "surrogateescape")
     if not isinstance(raw, bytes):
         return False
     if not raw.isascii():
@@ -334,7 +351,9 @@ def _raw_parts(body: bytes, boundary: bytes) -> list[bytes]:
 
 
 def _head(message: bytes) -> Message:
-    return BytesParser(policy=compat32).parsebytes(_crlf(message), headersonly=True)
+    """The top-level header fields only: deciding what a message is needs no body."""
+    fields, _ = _split(message)
+    return BytesParser(policy=compat32).parsebytes(b"".join(fields) + b"\r\n")
 
 
 def is_signed(message: bytes) -> bool:
@@ -371,6 +390,24 @@ class _TimedGPG(gnupg.GPG):
             return super()._collect_output(process, result, writer, stdin)
         finally:
             timer.cancel()
+
+    def _handle_io(self, args, fileobj_or_path, result, passphrase=None, binary=False):  # type: ignore[no-untyped-def]
+        """python-gnupg's, except that a broken input pipe is not raised: gpg stops reading
+        when it refuses (a revoked recipient, before reading a large message) or is killed,
+        and its status lines, not BrokenPipeError, say which (permanent vs temporary)."""
+        fileobj = self._get_fileobj(fileobj_or_path)
+        try:
+            process = self._open_subprocess(args, passphrase is not None)
+            if passphrase:
+                with contextlib.suppress(BrokenPipeError):
+                    process.stdin.write(f"{passphrase}\n".encode(self.encoding))
+            writer = gnupg._threaded_copy_data(fileobj, process.stdin, self.buffer_size, Queue())
+            self._collect_output(process, result, writer, process.stdin)
+            writer.join(self.timeout)
+            return result
+        finally:
+            if fileobj is not fileobj_or_path:
+                fileobj.close()
 
     def _decode_result(self, result):  # type: ignore[no-untyped-def]
         """Key listings: gpg writes UTF-8 UIDs, and a UTF-8 byte such as 0x85 must not end a
@@ -486,24 +523,27 @@ class Keyring:
     def _tighten(self) -> None:
         """Directories 0700, files 0600: key material is readable by the gateway user only."""
         for root, dirs, files in os.walk(self.home):
-            for d in dirs:
-                os.chmod(os.path.join(root, d), 0o700)
-            for f in files:
-                path = os.path.join(root, f)
-                if stat.S_ISREG(os.lstat(path).st_mode):
-                    os.chmod(path, 0o600)
+            for name in dirs + files:
+                path = os.path.join(root, name)
+                try:  # another gpg may create and remove its lock and temp files meanwhile
+                    mode = os.lstat(path).st_mode
+                    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+                        os.chmod(path, 0o700 if stat.S_ISDIR(mode) else 0o600)
+                except FileNotFoundError:
+                    continue
 
     def _run(self, what: str, call, *args, **kwargs):  # type: ignore[no-untyped-def]
         """Run one python-gnupg call; a timeout, a missing gpg or agent is temporary."""
         try:
             result = call(*args, **kwargs)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # gpg missing or not executable
             raise PgpTemporaryError(f"{what}: gpg failed to run ({type(exc).__name__})") from None
         if getattr(result, "timed_out", False):
             raise PgpTemporaryError(f"{what}: gpg did not answer within {self.timeout}s")
-        said = _gpg_said(result)
-        if any(marker in str(getattr(result, "stderr", "")).lower() for marker in _TEMPORARY):
-            raise PgpTemporaryError(f"{what}: {said or 'gpg unavailable'}")
+        failed = getattr(result, "returncode", 0) != 0
+        stderr = str(getattr(result, "stderr", "")).lower()
+        if failed and any(marker in stderr for marker in _TEMPORARY):
+            raise PgpTemporaryError(f"{what}: {_gpg_said(result) or 'gpg unavailable'}")
         return result
 
     # keys
@@ -583,6 +623,10 @@ class Keyring:
                 return cached[2]
         public = self._run("list keys", self._gpg.list_keys)
         secret = self._run("list keys", self._gpg.list_keys, True)
+        for result in (public, secret):  # an empty listing must never stand in for "no key"
+            if result.returncode != 0:
+                reason = _gpg_said(result) or f"gpg exit {result.returncode}"
+                raise PgpTemporaryError(f"keyring unreadable: {reason}")
         held = {k["fingerprint"] for k in secret}
         listing = tuple(_key_info(k, k["fingerprint"] in held) for k in public)
         with self._cache_lock:
@@ -603,13 +647,14 @@ class Keyring:
             "sign",
             self._gpg.sign,
             entity,
-            keyid=key.fingerprint,
             detach=True,
             passphrase=_latin1(passphrase),
-            extra_args=_DIGEST,
+            extra_args=_signer(key),
         )
         if not result.fingerprint:
             raise PgpError(f"sign with {key.fingerprint}: {_sign_failure(result)}")
+        if result.fingerprint not in (key.fingerprint, *key.subkeys):
+            raise PgpError(f"sign with {key.fingerprint}: gpg used another key")
         micalg = _HASH_NAMES.get(str(result.hash_algo), "sha256")
         boundary = _boundary(entity)
         signature = _crlf(result.data)
@@ -650,11 +695,11 @@ class Keyring:
             self._gpg.encrypt,
             entity,
             [r.fingerprint for r in recipients],
-            sign=sign_with.fingerprint if sign_with else None,
+            sign=sign_with is not None,
             always_trust=True,
             armor=True,
             passphrase=_latin1(passphrase),
-            extra_args=_DIGEST if sign_with else None,
+            extra_args=_signer(sign_with) if sign_with else None,
         )
         if not result.ok:
             who = ", ".join(r.fingerprint for r in recipients)
@@ -754,6 +799,12 @@ def _signature_problems(result: gnupg.Verify) -> list[dict]:
     return [p for p in result.problems if p.get("status") != "no secret key"]
 
 
+def _signer(key: KeyInfo) -> list[str]:
+    """`--local-user`, not python-gnupg's `--default-key`: given an expired or revoked key,
+    `--default-key` silently signs with another secret key; `--local-user` fails."""
+    return ["--local-user", key.fingerprint, *_DIGEST]
+
+
 def _newest(key: KeyInfo) -> datetime:
     return key.created or datetime.min.replace(tzinfo=UTC)
 
@@ -773,6 +824,7 @@ def _key_info(key: dict, secret: bool) -> KeyInfo:
         keyid=key.get("keyid", ""),
         addresses=_addresses(uids),
         uids=uids,
+        subkeys=tuple(sub[2] for sub in key.get("subkeys", ()) if sub[2]),
         secret=secret,
         created=_epoch(key.get("date")),
         expires=expires,

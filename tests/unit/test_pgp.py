@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import os
+import resource
 import stat
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default
@@ -20,6 +22,7 @@ from pathlib import Path
 import gnupg
 import pytest
 
+from gateway.signing import pgp
 from gateway.signing.pgp import (
     Keyring,
     PgpError,
@@ -202,13 +205,44 @@ def test_home_private_and_user_gnupg_untouched(world):
             if path.is_file() and not path.is_socket():
                 assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert not (world["fake_home"] / ".gnupg").exists()
-    socket = subprocess.run(
-        ["gpgconf", "--homedir", str(gw.home), "--list-dirs", "agent-socket"],
+    assert agent_socket(gw.home).is_socket()
+
+
+def agent_socket(home: Path) -> Path:
+    out = subprocess.run(
+        ["gpgconf", "--homedir", str(home), "--list-dirs", "agent-socket"],
         capture_output=True,
         text=True,
         timeout=30,
     ).stdout.strip()
-    assert Path(socket).is_socket()  # the agent was started with the keyring, and kept
+    return Path(out)
+
+
+def test_agent_started_with_the_keyring_and_stopped_by_close(world, tmp_path):
+    gw = Keyring(tmp_path / "fresh")
+    assert agent_socket(gw.home).is_socket()  # warm before the first message
+    gw.close()
+    deadline = time.monotonic() + 10
+    while agent_socket(gw.home).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not agent_socket(gw.home).exists()
+
+
+def test_key_that_expires_while_listed_is_no_longer_offered(world, monkeypatch):
+    gw: Keyring = world["gw"]
+    partner, sender = gw.encryption_key(PARTNER), gw.signing_key(SENDER)
+    assert partner.expires and sender.expires
+    later = max(partner.expires, sender.expires) + timedelta(days=1)
+
+    class Later(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return later
+
+    monkeypatch.setattr(pgp, "datetime", Later)  # the listing stays cached; the clock moves
+    assert gw.keys(PARTNER) == [partner]
+    assert gw.encryption_key(PARTNER) is None
+    assert gw.signing_key(SENDER) is None
 
 
 def test_keys_primary_fingerprint_addresses_and_capabilities(world):
@@ -223,6 +257,8 @@ def test_keys_primary_fingerprint_addresses_and_capabilities(world):
     assert sender.expires is not None and not sender.expired and not sender.revoked
     (partner,) = gw.keys(PARTNER)
     assert not partner.secret and partner.can_encrypt
+    assert set(partner.subkeys) == set(subkey_fprs(world["outside"], fpr["partner"]))
+    assert len(partner.subkeys) == 2  # cv25519 encryption, ed25519 signing
     assert gw.signing_key(SENDER) == sender
     assert gw.encryption_key(PARTNER) == partner
     assert gw.signing_key(PARTNER) is None  # public only
@@ -238,6 +274,13 @@ def test_expired_and_revoked_keys_not_offered(world):
     for address in (EXPIRED, REVOKED):
         assert gw.signing_key(address) is None
         assert gw.encryption_key(address) is None
+    partner = gw.encryption_key(PARTNER)
+    for key in (expired, revoked):  # gpg refuses them, permanently; never signs with another
+        with pytest.raises(PgpError) as err:
+            gw.sign(simple_8bit(), key)
+        assert not isinstance(err.value, PgpTemporaryError)
+        with pytest.raises(PgpError):
+            gw.encrypt(simple_8bit(), [partner], sign_with=key)
 
 
 def test_import_returns_keys_and_rejects_garbage(world):
@@ -344,6 +387,23 @@ def test_seven_bit_message_signed_byte_exact(world):
     original = b"From: a@bo.gov.vn\r\nSubject: x\r\nContent-Type: text/plain\r\n\r\n" + body
     first, _ = rfc3156_parts(gw.sign(original, gw.signing_key(SENDER)))
     assert first == b"Content-Type: text/plain\r\n\r\n" + body
+
+
+def test_undeclared_8bit_and_trailing_white_space_are_encoded(world, tmp_path):
+    gw: Keyring = world["gw"]
+    text = "Dòng có khoảng trắng cuối   \r\nDòng cuối\r\n"
+    original = (
+        f"From: {SENDER}\r\nSubject: x\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}"
+    ).encode()
+    ascii_trailing = b"From: a@bo.gov.vn\r\nContent-Type: text/plain\r\n\r\nkhoang trang  \r\n"
+    for message in (original, ascii_trailing):
+        signed = gw.sign(message, gw.signing_key(SENDER))
+        first, signature = rfc3156_parts(signed)
+        assert first.isascii()
+        assert not any(line.endswith((b" ", b"\t")) for line in first.split(b"\r\n"))
+        assert gpg_verify_detached(world["outside"], first, signature, tmp_path).returncode == 0
+        want = message_from_bytes(message, policy=default).get_content()
+        assert message_from_bytes(first, policy=default).get_content() == want
 
 
 def test_tampered_signed_message_fails(world):
@@ -464,9 +524,12 @@ def test_encrypt_refuses_without_recipients_or_to_a_revoked_key(world):
     gw: Keyring = world["gw"]
     with pytest.raises(PgpError):
         gw.encrypt(simple_8bit(), [])
-    with pytest.raises(PgpError) as err:
-        gw.encrypt(simple_8bit(), gw.keys(REVOKED))
-    assert world["fpr"]["revoked"] in err.value.reason
+    big = simple_8bit() + b"x" * 2_000_000  # gpg refuses before reading: the pipe breaks
+    for message in (simple_8bit(), big):
+        with pytest.raises(PgpError) as err:
+            gw.encrypt(message, gw.keys(REVOKED))
+        assert world["fpr"]["revoked"] in err.value.reason
+        assert not isinstance(err.value, PgpTemporaryError)
 
 
 def mime_encrypted_by_cli(home: Path, armoured: bytes) -> bytes:
@@ -568,10 +631,17 @@ def test_protected_key_needs_its_passphrase_and_never_leaks_it(world, caplog):
         gw.sign(simple_8bit(), key)
     with pytest.raises(PgpError) as err2:
         gw.sign(simple_8bit(), key, passphrase="sai")
+    sealed = gw.encrypt(simple_8bit(), [key])
+    with pytest.raises(PgpError) as err3:
+        gw.decrypt(sealed)
+    opened = gw.decrypt(sealed, passphrase=PASSPHRASE)
+    # from here on the agent holds the unlocked key for its cache TTL (documented)
     signed = gw.sign(simple_8bit(), key, passphrase=PASSPHRASE)
     assert gw.verify(signed).status == "pass"
+    text = message_from_bytes(opened.message, policy=default).get_content()
+    assert text.replace("\r\n", "\n") == VIETNAMESE
     gw.import_key(world["armoured"]["protected"], passphrase=PASSPHRASE)
-    for text in (str(err.value), str(err2.value), caplog.text):
+    for text in (str(err.value), str(err2.value), str(err3.value), caplog.text):
         assert PASSPHRASE not in text
         assert "PRIVATE KEY BLOCK" not in text
         body = world["armoured"]["protected"].decode().splitlines()[3][:40]
@@ -581,17 +651,53 @@ def test_protected_key_needs_its_passphrase_and_never_leaks_it(world, caplog):
 def test_gpg_that_does_not_answer_is_temporary(world, tmp_path):
     slow = tmp_path / "slow-gpg"
     slow.write_text(
-        '#!/bin/sh\nfor a in "$@"; do [ "$a" = --detach-sign ] && exec sleep 30; done\n'
+        "#!/bin/sh\n"
+        'for a in "$@"; do case $a in --detach-sign|--encrypt) exec sleep 30;; esac; done\n'
         'exec gpg "$@"\n'
     )
     slow.chmod(0o700)
     gw = Keyring(world["gw"].home, timeout=1.0, gpgbinary=str(slow))
-    t0 = time.monotonic()
+    big = simple_8bit() + b"x" * 1_000_000  # gpg never reads it: the writer's pipe breaks
+    sender = gw.signing_key(SENDER)
+    calls = (
+        lambda: gw.sign(simple_8bit(), sender),
+        lambda: gw.sign(big, sender),
+        lambda: gw.encrypt(big, [sender]),
+    )
+    for call in calls:
+        t0 = time.monotonic()
+        with pytest.raises(PgpTemporaryError) as err:
+            call()
+        assert time.monotonic() - t0 < 10
+        assert "did not answer" in err.value.reason
+        assert not isinstance(err.value, PgpError)
+
+
+def test_unreadable_keyring_is_temporary_not_no_key(world, tmp_path):
+    gw = Keyring(tmp_path / "broken")
+    (gw.home / "pubring.kbx").mkdir()  # gpg: "read error: Is a directory"
+    try:
+        with pytest.raises(PgpTemporaryError) as err:
+            gw.signing_key(SENDER)
+        assert "pubring.kbx" in err.value.reason
+        signed = world["gw"].sign(simple_8bit(), world["gw"].signing_key(SENDER))
+        with pytest.raises(PgpTemporaryError):
+            gw.verify(signed)
+    finally:
+        gw.close()
+
+
+def test_failed_key_listing_is_temporary_not_no_key(world, tmp_path):
+    failing = tmp_path / "failing-gpg"
+    failing.write_text(
+        '#!/bin/sh\nfor a in "$@"; do [ "$a" = --list-secret-keys ] && exit 2; done\n'
+        'exec gpg "$@"\n'
+    )
+    failing.chmod(0o700)
+    gw = Keyring(world["gw"].home, gpgbinary=str(failing))
     with pytest.raises(PgpTemporaryError) as err:
-        gw.sign(simple_8bit(), gw.signing_key(SENDER))
-    assert time.monotonic() - t0 < 10
-    assert "did not answer" in err.value.reason
-    assert not isinstance(err.value, PgpError)
+        gw.signing_key(SENDER)  # not None: that would mean "send unsigned" or a 5xx
+    assert "keyring unreadable" in err.value.reason
 
 
 def test_missing_gpg_is_temporary(world, tmp_path):
@@ -612,16 +718,37 @@ def test_speed_sign_encrypt_5kb(world):
     ).encode()
     sender, partner = gw.signing_key(SENDER), gw.encryption_key(PARTNER)
     raw = gnupg.GPG(gnupghome=str(gw.home))
-    n = 40
-    gw.encrypt(msg, [partner], sign_with=sender)  # warm
-    t0 = time.perf_counter()
-    for _ in range(n):
+
+    def ours() -> None:
         gw.encrypt(msg, [partner], sign_with=sender)
-    ours = n / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for _ in range(n):
+
+    def theirs() -> None:
         r = raw.encrypt(msg, partner.fingerprint, sign=sender.fingerprint, always_trust=True)
         assert r.ok
-    theirs = n / (time.perf_counter() - t0)
-    print(f"\nPGP sign+encrypt 5 KB, agent warm: Keyring {ours:.0f}/s, raw python-gnupg", end="")
-    print(f" {theirs:.0f}/s")
+
+    def cold() -> None:
+        subprocess.run(["gpgconf", "--homedir", str(gw.home), "--kill", "gpg-agent"], timeout=30)
+        ours()
+
+    ours()  # warm
+    print("\nPGP sign+encrypt, 5 KB (wall msgs/s; msgs per CPU-second of this process + gpg):")
+    for name, call, n in (("Keyring, agent warm", ours, 40), ("raw python-gnupg", theirs, 40)):
+        print(f"  {name}: " + rate(call, n))
+    print("  Keyring, agent killed before each call: " + rate(cold, 15))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+
+        def two() -> None:
+            list(pool.map(lambda _: ours(), range(2)))
+
+        print("  Keyring, agent warm, 2 worker threads (x2 msgs): " + rate(two, 20))
+
+
+def rate(call, n: int) -> str:
+    def cpu() -> float:
+        me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    t0, c0 = time.perf_counter(), cpu()
+    for _ in range(n):
+        call()
+    return f"{n / (time.perf_counter() - t0):.0f}/s wall, {n / (cpu() - c0):.0f}/CPU-s"
