@@ -59,4 +59,5 @@ KNOWN_EVENTS: tuple[str, ...] = (
     "directory_imported",
     # log retention
     "log_purged",
+    "log_compressed",
 )
