@@ -280,6 +280,7 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
             reason=f"retention {config.log.retention_days} days",
             files=kept.deleted or None,
         )
+        anchored = _anchor(config, now, admin)
         if kept.compressed:
             admin.emit("log_compressed", files=kept.compressed)
     finally:
@@ -289,7 +290,46 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
         f"lifecycle: {len(changes)} change(s); log retention: removed {removed} day file(s),"
         f" compressed {len(kept.compressed)}"
     )
-    return 0
+    failed = [line for line in anchored if " failed: " in line]
+    for line in anchored:
+        print(line)
+    return 1 if failed else 0
+
+
+def _anchor(config: Config, now: datetime, admin: Admin) -> list[str]:
+    """Time-stamp finished days and send their final hashes to syslog; one line each.
+
+    Syslog gets the days time-stamped now and, every run, yesterday's (a repeat is
+    harmless; a site without an authority still gets each day once a day).
+    """
+    from gateway.events.anchor import (
+        anchor_days,
+        day_hash,
+        day_hash_line,
+        finished_days,
+        send_to_syslog,
+    )
+
+    today = now.date()
+    lines, to_syslog = [], []
+    for found, outcome in anchor_days(config.log, today):
+        event = "log_anchored" if outcome == "time-stamped" else "log_anchor_failed"
+        admin.emit(
+            event, day=found.day, events=found.seq, final_hash=found.final_hash, reason=outcome
+        )
+        lines.append(f"log anchor: {found.day} {outcome}")
+        if event == "log_anchored":
+            to_syslog.append(found)
+    if config.log.syslog is not None:
+        days = finished_days(config.log.dir, today)
+        yesterday = next((day_hash(d, p) for d, p in reversed(days)), None)
+        if yesterday is not None and yesterday.day not in {f.day for f in to_syslog}:
+            to_syslog.append(yesterday)
+        try:
+            send_to_syslog(config.log.syslog, [day_hash_line(f) for f in to_syslog])
+        except OSError as exc:
+            lines.append(f"log anchor: syslog {config.log.syslog} failed: {exc}")
+    return lines
 
 
 def cmd_logs_verify(args: argparse.Namespace) -> int:
@@ -298,7 +338,7 @@ def cmd_logs_verify(args: argparse.Namespace) -> int:
 
     config = _config(args)
     since, until = _day_range(args)
-    report = verify(config.log.dir, since, until)
+    report = verify(config.log.dir, since, until, _token_check(config))
     for day in report.days:
         final = day.final_hash or "-"
         print(
@@ -339,6 +379,31 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
     verdict = "intact" if report.intact else f"{len(report.problems)} problem(s)"
     print(f"export: chain {verdict}", file=sys.stderr)
     return 0 if report.intact else 1
+
+
+def _token_check(config: Config) -> Callable:
+    """The per-day check of ``events-DAY.tsr`` against the day's final hash."""
+    from gateway.events.anchor import AnchorError, check_token, token_path
+    from gateway.events.verify import Finding
+
+    today = datetime.now(UTC).date().isoformat()
+
+    def check(day: str, path: Path, result: Any) -> tuple[list, list]:
+        token = token_path(config.log.dir, day)
+        if not token.exists():
+            if config.log.timestamp_authority and day < today:
+                return [], [Finding(day, token.name, "not time-stamped yet (maintenance does it)")]
+            return [], []
+        if config.log.timestamp_ca_file is None:
+            return [], [Finding(day, token.name, "not checked: no log.timestamp_ca_file")]
+        try:
+            when = check_token(token.read_bytes(), result.final_hash, config.log.timestamp_ca_file)
+        except (AnchorError, OSError) as exc:
+            text = f"does not vouch for the day's final hash (#{result.final_seq}): {exc}"
+            return [Finding(day, token.name, text)], []
+        return [], [Finding(day, token.name, f"time-stamped {when}: final hash confirmed")]
+
+    return check
 
 
 def _day_range(args: argparse.Namespace) -> tuple[Any, Any]:

@@ -60,4 +60,6 @@ KNOWN_EVENTS: tuple[str, ...] = (
     # log retention
     "log_purged",
     "log_compressed",
+    "log_anchored",
+    "log_anchor_failed",
 )

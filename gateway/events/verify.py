@@ -89,7 +89,8 @@ class _Day:
             self.by_seq.setdefault(link.seq, []).append(link)
 
 
-DayCheck = Callable[[str, Path, DayResult], list[Finding]]
+# (day, day file, result so far) -> (problems, notes): the time-stamp tokens' check.
+DayCheck = Callable[[str, Path, DayResult], tuple[list[Finding], list[Finding]]]
 
 
 def verify(
@@ -100,8 +101,7 @@ def verify(
 ) -> Report:
     """Verify the days from ``since`` to ``until`` (inclusive; None: all).
 
-    ``extra_check`` runs per day once its final hash is known (the time-stamp tokens);
-    it returns problems.
+    ``extra_check`` runs per day once its final hash is known (the time-stamp tokens).
     """
     files = day_files(log_dir)
     oldest = files[0][0] if files else None
@@ -145,7 +145,9 @@ def verify(
             )
             notes[:] = [n for n in notes if "unchained" not in n.text]
         if extra_check is not None and result.final_hash is not None:
-            problems += extra_check(day, path, result)
+            more, said = extra_check(day, path, result)
+            problems += more
+            notes += said
         result.problems = len(problems)
         report.days.append(result)
         report.problems += problems
