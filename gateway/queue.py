@@ -147,12 +147,18 @@ class QueueRunner:
             events.emit("dequeued", queue_id=entry.queue_id, attempt=entry.attempts)
 
     async def _deliver_pending(self, entry: QueueEntry, body: Body, settings: QueueSection) -> None:
+        started = time.monotonic()
         outcomes = await self.relay.router.deliver(entry.sender, entry.pending, body)
         split = Split.of(outcomes)
         entry.attempts += 1
         now = self._clock()
         self.relay.outcomes.hops(
-            entry.queue_id, entry.message_id, entry.sender, split, attempt=entry.attempts
+            entry.queue_id,
+            entry.message_id,
+            entry.sender,
+            split,
+            attempt=entry.attempts,
+            duration_s=round(time.monotonic() - started, 3),
         )
         failures = [failure_of(r, o, entry.original.get(r)) for r, o in split.failed.items()]
         entry.pending = list(split.deferred)

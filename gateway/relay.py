@@ -101,9 +101,11 @@ class Relay:
             return reply
         if ctx.header_edits:
             ctx.body = await asyncio.to_thread(self._edited_body, ctx)
+        started = time.monotonic()
         outcomes = await router.deliver(ctx.sender, ctx.recipients, ctx.body)
         split = Split.of(outcomes)
-        self.outcomes.hops(ctx.queue_id, ctx.message_id, ctx.sender, split)
+        took = round(time.monotonic() - started, 3)  # the delivery latency metric's input
+        self.outcomes.hops(ctx.queue_id, ctx.message_id, ctx.sender, split, duration_s=took)
         if not split.delivered and not split.failed:
             # The next hop's own words (which may name internal hosts) stay in the events.
             reply = replies.NEXT_HOP_UNAVAILABLE.with_rule("delivery")

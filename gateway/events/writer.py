@@ -78,6 +78,9 @@ class EventLog:
         self.write_failures = 0  # events that could not be written (disk full, I/O error)
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
+        # Called with each record once it is written (metrics, syslog forwarding); they
+        # run on the emitting thread and must be quick: a dictionary update, a queue put.
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
@@ -105,6 +108,11 @@ class EventLog:
                     target=self._sync_loop, name="events-fsync", daemon=True
                 )
                 self._syncer.start()
+        for observer in self.observers:
+            try:
+                observer(record)
+            except Exception:  # an observer's bug must not cost the record or the sender
+                log.exception("event observer %r failed", observer)
         return record
 
     def _append(self, fd: int, day: str, body: bytes) -> None:
