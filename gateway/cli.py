@@ -350,6 +350,10 @@ def cmd_logs_verify(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(f"problem: {problem}")
     events = sum(d.events for d in report.days)
+    _record(
+        config, "log_verified", since=args.since, until=args.until,
+        reason="intact" if report.intact else f"{len(report.problems)} problem(s)",
+    )  # fmt: skip
     if report.intact:
         print(f"verify: {len(report.days)} day(s), {events} chained event(s): intact")
         return 0
@@ -377,8 +381,23 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
             report = export(config.log.dir, since, until, args.format, out)
         partial.replace(target)
     verdict = "intact" if report.intact else f"{len(report.problems)} problem(s)"
+    _record(
+        config, "log_exported", since=args.since, until=args.until, format=args.format,
+        file=args.output, reason=f"chain {verdict}",
+    )  # fmt: skip
     print(f"export: chain {verdict}", file=sys.stderr)
     return 0 if report.intact else 1
+
+
+def _record(config: Config, event: str, **fields: Any) -> None:
+    """An admin command on record (MIC 8.2: who looked at or took the logs)."""
+    from gateway.events.writer import EventLog
+
+    events = EventLog(config.log.dir)
+    try:
+        events.emit(event, actor="cli", **fields)
+    finally:
+        events.close()
 
 
 def _token_check(config: Config) -> Callable:

@@ -16,6 +16,7 @@ from dataclasses import asdict
 
 from gateway.config import QueueSection
 from gateway.dsn import FailedRecipient
+from gateway.events.errors import describe
 from gateway.outcomes import Split, failure_of, remote_mta
 from gateway.relay import Relay
 from gateway.spool import Body, QueueEntry
@@ -96,6 +97,9 @@ class QueueRunner:
                     await self.attempt(entry)
                 except Exception as exc:
                     log.exception("queue attempt for %s failed", entry.queue_id)
+                    self.relay.events.emit(
+                        "internal_error", queue_id=entry.queue_id, reason=f"queue: {describe(exc)}"
+                    )
                     self._hold(entry, exc)
                 else:
                     self._held.pop(entry.queue_id, None)

@@ -62,4 +62,8 @@ KNOWN_EVENTS: tuple[str, ...] = (
     "log_compressed",
     "log_anchored",
     "log_anchor_failed",
+    "log_verified",
+    "log_exported",
+    # bugs and broken resources: the type and place, never the message
+    "internal_error",
 )
