@@ -128,6 +128,7 @@ def _data_report(config: Config) -> list[str]:
     }
     for label, path in paths.items():
         print(f"{label}: {path}")
+    _anchor_report(config)
     try:
         count = count_mailboxes(data_dir, config.path)
     except DirectoryMissing as exc:
@@ -140,6 +141,18 @@ def _data_report(config: Config) -> list[str]:
             " 550 user unknown (add one with `mailgate mailbox add`)"
         ]
     return []
+
+
+def _anchor_report(config: Config) -> None:
+    """Where each day's final hash goes off the box, and where metrics are served."""
+    log = config.log
+    if log.timestamp_authority:
+        print(f"log time-stamps: {log.timestamp_authority} (CA {log.timestamp_ca_file})")
+    if log.syslog is not None:
+        copy = "final hashes and every event" if log.syslog_events else "final hashes"
+        print(f"log syslog: {log.syslog} ({copy})")
+    if config.metrics is not None:
+        print(f"metrics: http://{config.metrics.listen}/metrics")
 
 
 def _auth_report(config: Config) -> list[str]:

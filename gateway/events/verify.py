@@ -110,10 +110,15 @@ def verify(
         (d, p) for d, p in files if (since is None or d >= since) and (until is None or d <= until)
     ]
     report = Report()
+    # Six months of days do not fit in memory at once: keep the day being checked and
+    # the one its chain continues from (usually the day checked just before).
     loaded: dict[str, _Day] = {}
+    shapes: dict[str, tuple[bool, str | None]] = {}  # day -> (chained, its prev_day)
 
     def load(day: str) -> _Day | None:
         if day not in loaded and day in paths:
+            while len(loaded) >= 2:
+                del loaded[next(iter(loaded))]
             loaded[day] = _Day(day, paths[day], iter_links(paths[day]))
         return loaded.get(day)
 
@@ -154,7 +159,9 @@ def verify(
         report.notes += notes
         if current.links:
             previous_chained = day
-    _missing_days(chosen, loaded, report)
+        firsts = current.by_seq.get(1)
+        shapes[day] = (bool(current.links), firsts[0].prev_day if firsts else None)
+    _missing_days(chosen, shapes, report)
     return report
 
 
@@ -346,7 +353,9 @@ def _is_record(raw: bytes) -> bool:
         return False
 
 
-def _missing_days(chosen: list[tuple[date, Path]], loaded: dict[str, _Day], report: Report) -> None:
+def _missing_days(
+    chosen: list[tuple[date, Path]], shapes: dict[str, tuple[bool, str | None]], report: Report
+) -> None:
     """Days without a file between the first and last checked day: a problem when the
     chain passes through them (reported in _entry), a quiet day when it skips them."""
     if len(chosen) < 2:
@@ -359,13 +368,12 @@ def _missing_days(chosen: list[tuple[date, Path]], loaded: dict[str, _Day], repo
         text = day.isoformat()
         if day in have or text in reported:
             continue
-        successor = next((loaded[d.isoformat()] for d, _ in chosen if d > day), None)
-        first = successor.by_seq.get(1, [None])[0] if successor else None
-        if successor is not None and not successor.links:
+        chained, prev_day = next((shapes[d.isoformat()] for d, _ in chosen if d > day))
+        if not chained:
             report.notes.append(
                 Finding(text, f"events-{text}.jsonl", "no file; the next day is unchained")
             )
-        elif first is not None and first.prev_day is not None and first.prev_day < text:
+        elif prev_day is not None and prev_day < text:
             report.notes.append(
                 Finding(text, f"events-{text}.jsonl", "no events that day (the chain skips it)")
             )

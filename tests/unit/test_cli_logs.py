@@ -125,3 +125,26 @@ def test_export_csv_has_the_same_records_and_defuses_formulas(
     assert rows[0]["recipients"] == "a@x b@x"
     assert rows[3]["reason"] == "1 problem(s)"
     assert "edited" in json.loads(rows[3]["other"])["problems"][0]
+
+
+def test_check_config_says_where_the_anchors_and_metrics_go(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.tls import write_self_signed
+
+    write_self_signed(config.parent / "ca.pem", config.parent / "ca.key", "tsa.example")
+    text = config.read_text().replace(
+        'dir = "var/log"',
+        'dir = "var/log"\ntimestamp_authority = "http://127.0.0.1:9/tsa"\n'
+        'timestamp_ca_file = "ca.pem"\nsyslog = "udp:127.0.0.1:514"\n'
+        '[metrics]\nlisten = "127.0.0.1:9464"',
+    )
+    config.write_text(text)
+    cli.main(["-c", str(config), "check-config", "--skip-bind"])
+    out = capsys.readouterr().out
+    assert f"log time-stamps: http://127.0.0.1:9/tsa (CA {config.parent / 'ca.pem'})" in out
+    assert "log syslog: udp:127.0.0.1:514 (final hashes)" in out
+    assert "metrics: http://127.0.0.1:9464/metrics" in out
+    config.write_text(text.replace('timestamp_ca_file = "ca.pem"\n', ""))
+    assert cli.main(["-c", str(config), "check-config", "--skip-bind"]) == 1
+    assert "error: log.timestamp_ca_file: missing;" in capsys.readouterr().out
