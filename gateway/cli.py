@@ -323,7 +323,7 @@ def _anchor(config: Config, now: datetime, admin: Admin) -> list[str]:
         send_to_syslog,
     )
 
-    today = now.date()
+    today = min(now.date(), datetime.now(UTC).date())  # a day still written is not finished
     lines, to_syslog = [], []
     for found, outcome in anchor_days(config.log, today):
         event = "log_anchored" if outcome == "time-stamped" else "log_anchor_failed"

@@ -32,16 +32,20 @@ class RetentionResult:
     deleted: list[str] = field(default_factory=list)
 
 
-def apply_retention(log_dir: Path, now: datetime, retention_days: int) -> RetentionResult:
+def apply_retention(
+    log_dir: Path, now: datetime, retention_days: int, clock: datetime | None = None
+) -> RetentionResult:
     """Delete the days past ``retention_days``, then compress every day before yesterday.
 
     Today and yesterday stay plain: a writer may still append to yesterday for a moment
     after midnight (clock steps, a CLI started just before), and appending to a ``.gz``
-    is not possible.
+    is not possible. "Today" is the earlier of ``now`` and the real ``clock``, so a
+    ``--now`` in the future never compresses the file the running gateway writes to
+    (its events would go to a removed file).
     """
     result = RetentionResult()
     result.deleted = expire_days(log_dir, now, retention_days)
-    today = _utc(now).date()
+    today = min(_utc(now).date(), _utc(clock or datetime.now(UTC)).date())
     for day, path in day_files(log_dir):
         if day < today - timedelta(days=1) and not path.name.endswith(COMPRESSED_SUFFIX):
             compress_day(path)

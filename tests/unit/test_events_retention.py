@@ -115,3 +115,12 @@ def test_the_gz_is_fsynced_before_the_rename(
     monkeypatch.setattr(os, "replace", replace)
     compress_day(plain)
     assert order.index(f"fsync {plain.name}.gz.tmp") < order.index("rename")
+
+
+def test_a_now_in_the_future_never_compresses_the_days_still_written(tmp_path: Path) -> None:
+    """``maintenance --now`` a year ahead: the file the running gateway appends to today
+    must stay in place, or its events would go to a removed file."""
+    write_day(tmp_path, NOW)
+    result = apply_retention(tmp_path, NOW + timedelta(days=300), 3650, clock=NOW)
+    assert result.compressed == []
+    assert names(tmp_path) == [event_file_name(str(NOW.date()))]
