@@ -54,6 +54,7 @@ from gateway.directory.passwords import measure_cost, meets_owasp, meets_rfc9106
 from gateway.events.names import KNOWN_EVENTS
 from gateway.events.retention import apply_retention
 from gateway.events.search import Query, format_event, parse_time, search
+from gateway.signing.commands import KeyCommandError, add_key_commands
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -493,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     add_directory_commands(commands, add_admin)
+    add_key_commands(commands, add, _config)
 
     logs = commands.add_parser("logs", help="event log").add_subparsers(
         dest="logs_command", required=True, metavar="ACTION"
@@ -527,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 141  # 128 + SIGPIPE, as a shell reports a writer killed by the pipe
-    except CommandError as exc:
+    except (CommandError, KeyCommandError) as exc:
         print(f"mailgate: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ import errno
 import socket
 import ssl
 import tomllib
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +147,9 @@ class AuthSection:
     argon2_memory_kib: int = _opt("count", 65536, "KiB per verification (RFC 9106: 65536)")
     argon2_time_cost: int = _opt("count", 3, "passes over the memory (RFC 9106: 3)")
     argon2_parallelism: int = _opt("count", 4, "lanes (RFC 9106: 4)")
+    refuse_must_change: bool = _opt(
+        "bool", False, "refuse SMTP AUTH and IMAP logins while a password must change"
+    )
 
     def argon2(self) -> Argon2Params:
         return Argon2Params(self.argon2_memory_kib, self.argon2_time_cost, self.argon2_parallelism)
@@ -164,6 +167,58 @@ class SyslogTarget:
         if self.transport == "unix":
             return f"unix:{self.address}"
         return f"{self.transport}:{ListenAddress(self.address, self.port)}"
+
+
+@dataclass(frozen=True, slots=True)
+class WebSection:
+    """The self-service password page (MOST 15.2, 17.4; MIC 7.3.c): HTTPS on ``listen``
+    with smtp.tls_cert/tls_key, the page at /password."""
+
+    listen: ListenAddress = _opt("listen")
+    public_url: str | None = _opt("https_url", None, "the page's address as users reach it")
+    form_seconds: float = _opt("seconds", 600.0, "how long a form (and its cookie) stays valid")
+    max_request_bytes: int = _opt("size", 16384, "bytes of one request body")
+    max_posts_per_client: int = _opt("count", 10, "form posts per client address per minute")
+
+    def page_url(self, hostname: str) -> str:
+        """The address users are sent to (``[ALERT]``, events, SMTP refusals)."""
+        if self.public_url:
+            return self.public_url
+        port = "" if self.listen.port == 443 else f":{self.listen.port}"
+        return f"https://{hostname}{port}/password"
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSection:
+    """``[signing.dkim]``: sign outbound mail of local domains that have a key (last)."""
+
+    selector: str = _opt("selector")
+
+
+SIGNING_CHOICES = {
+    "missing_recipient_key": ("reject", "send-plain"),
+    "preference": ("smime", "pgp"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SigningSection:
+    """``[signing]`` (MOST 16.2): S/MIME or PGP signatures and encryption for local
+    senders, verification results on inbound mail; DKIM in ``dkim``."""
+
+    encrypt_subject_tags: tuple[str, ...] = _opt(
+        "strings", ("[encrypt]", "[mã hóa]"), "a subject starting with one asks for encryption"
+    )
+    missing_recipient_key: str = _opt("str", "reject", '"reject" or "send-plain"')
+    sign_outbound: bool = _opt("bool", True, "sign for senders that hold their own key")
+    preference: str = _opt("str", "smime", '"smime" or "pgp": which a recipient with both gets')
+    verify_inbound: bool = _opt("bool", True, "stamp Authentication-Results on inbound mail")
+    decrypt_inbound: bool = _opt("bool", False, "decrypt for local recipients whose key we hold")
+    dns_timeout: float = _opt("seconds", 2.0, "per DKIM key lookup; then dkim=temperror")
+    dns_resolver: ListenAddress | None = _opt("listen", None, "HOST:PORT; default: the system's")
+    crl_file: Path | None = _opt("file", None, "PEM or DER CRL checked for S/MIME certificates")
+    gpg_timeout: float = _opt("seconds", 10.0, "per gpg call; then 451")
+    dkim: DkimSection | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,11 +249,18 @@ class Config:
     auth: AuthSection
     imap: ImapSection | None = None
     metrics: MetricsSection | None = None
+    web: WebSection | None = None
+    signing: SigningSection = field(default_factory=SigningSection)
     filters: Any = None  # filter_config.FiltersSection: the policy filters, in run order
 
     @property
     def spool_dir(self) -> Path:
         return self.gateway.data_dir / "spool"
+
+    @property
+    def password_url(self) -> str | None:
+        """Where users change their password, when the page is served."""
+        return self.web.page_url(self.gateway.hostname) if self.web else None
 
     def is_local(self, address: str) -> bool:
         """True when the address's domain is one of ours (case-insensitive)."""
@@ -210,6 +272,8 @@ _SECTIONS: dict[str, tuple[type, bool]] = {
     "gateway": (GatewaySection, True),
     "smtp": (SmtpSection, True),
     "imap": (ImapSection, False),
+    "web": (WebSection, False),
+    "signing": (SigningSection, False),
     "delivery": (DeliverySection, True),
     "queue": (QueueSection, False),
     "auth": (AuthSection, False),
@@ -218,8 +282,8 @@ _SECTIONS: dict[str, tuple[type, bool]] = {
 }
 
 
-# Sections whose absence turns a service off (the value is then None, not the defaults).
-_OPTIONAL_SERVICES = ("imap", "metrics")
+# Sections whose absence switches a service off (rather than taking every default).
+_OPTIONAL_SERVICES = ("imap", "web", "metrics")
 
 
 class _Reader:
@@ -325,6 +389,27 @@ class _Reader:
 
     def _hours(self, key: str, raw: Any, doc: str) -> Any:
         return self._number(key, raw, "hours", False)
+
+    def _strings(self, key: str, raw: Any, doc: str) -> Any:
+        if not isinstance(raw, list) or not all(isinstance(v, str) and v.strip() for v in raw):
+            self.fail(key, f'expected a list of non-empty strings, got {raw!r}; e.g. ["[encrypt]"]')
+            return ()
+        return tuple(raw)
+
+    def _selector(self, key: str, raw: Any, doc: str) -> Any:
+        value = self._str(key, raw, doc)
+        if value is not None and not all(c.isalnum() or c in "-_." for c in value):
+            self.fail(key, f"{raw!r} is not a DNS label; use letters, digits, - and _ (e.g. mail)")
+        return value
+
+    def _https_url(self, key: str, raw: Any, doc: str) -> Any:
+        value = self._str(key, raw, doc)
+        if value is None:
+            return None
+        if not value.startswith("https://") or any(c.isspace() for c in value):
+            self.fail(key, f"expected an https:// address, got {raw!r};"
+                      " write e.g. \"https://mail.example.gov.vn/password\"")  # fmt: skip
+        return value
 
     def _listen(self, key: str, raw: Any, doc: str) -> Any:
         value = self._str(key, raw, doc)
@@ -469,6 +554,7 @@ def _read_section(reader: _Reader, name: str, cls: type, raw: Any) -> Any:
 
 def parse_config(data: dict[str, Any], path: Path) -> Config:
     """Validate parsed TOML; raises ConfigError listing every mistake."""
+    data = dict(data)  # [signing.dkim] is split off below; the caller's dict stays as it was
     reader = _Reader(path.parent)
     for name in data:
         if name not in _SECTIONS and name != "filters":
@@ -476,6 +562,7 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
             hint = f'; did you mean "[{close[0]}]"?' if close else ""
             reader.fail(name, f"unknown section{hint}; known: {', '.join(_SECTIONS)}")
     sections: dict[str, Any] = {}
+    dkim = _split_dkim(reader, data)
     for name, (cls, required) in _SECTIONS.items():
         if name in data:
             sections[name] = _read_section(reader, name, cls, data[name])
@@ -485,6 +572,7 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
             sections[name] = None if name in _OPTIONAL_SERVICES else {}
     _check_relations(reader, sections)
     _check_delivery_tls(reader, sections.get("delivery") or {})
+    _check_signing(reader, sections.get("signing") or {})
     from gateway.filter_config import read_filters  # imports every filter module
 
     filters = read_filters(data.get("filters"), reader.fail)
@@ -494,7 +582,28 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
         name: (_SECTIONS[name][0](**values) if values is not None else None)
         for name, values in sections.items()
     }
+    if dkim is not None:
+        built["signing"] = replace(built["signing"], dkim=DkimSection(**dkim))
     return Config(path=path, filters=filters, **built)
+
+
+def _split_dkim(reader: _Reader, data: dict[str, Any]) -> dict[str, Any] | None:
+    """``[signing.dkim]`` is a table inside ``[signing]``: read it on its own."""
+    signing = data.get("signing")
+    if not isinstance(signing, dict) or "dkim" not in signing:
+        return None
+    rest = dict(signing)
+    raw = rest.pop("dkim")
+    data["signing"] = rest
+    return _read_section(reader, "signing.dkim", DkimSection, raw)
+
+
+def _check_signing(reader: _Reader, signing: dict[str, Any]) -> None:
+    for key, allowed in SIGNING_CHOICES.items():
+        value = signing.get(key)
+        if value is not None and value not in allowed:
+            choices = " or ".join(f'"{a}"' for a in allowed)
+            reader.fail(f"signing.{key}", f"{value!r} is not one of {choices}")
 
 
 def _check_relations(reader: _Reader, sections: dict[str, Any]) -> None:
@@ -537,6 +646,12 @@ def _check_relations(reader: _Reader, sections: dict[str, Any]) -> None:
     metrics = sections.get("metrics")
     if metrics:
         listeners.append(("metrics.listen", metrics.get("listen")))
+    web = sections.get("web")
+    if web:
+        listeners.append(("web.listen", web.get("listen")))
+        if cert is None and not tls_broken:
+            reader.fail("web.listen", "the password page is HTTPS only and needs"
+                        " smtp.tls_cert and smtp.tls_key; add them")  # fmt: skip
     seen: dict[ListenAddress, str] = {}
     for key_name, address in listeners:
         if address is None:
@@ -617,6 +732,21 @@ def advisories(config: Config) -> list[str]:
                 f" carrying the {cap.max_bytes} bytes of attachments that"
                 f" filters.attachment_cap.max_bytes allows; for that, write at least {needed}"
             )
+    if config.signing.dkim is not None:
+        from gateway.signing.keys import KeyStore, KeyStoreError
+
+        store, selector = KeyStore(config.gateway.data_dir), config.signing.dkim.selector
+        for domain in config.gateway.domains:
+            try:
+                missing = store.dkim_key(domain, selector) is None
+            except KeyStoreError as exc:
+                found.append(f"signing.dkim: {exc}; mail from {domain} gets 451 until fixed")
+                continue
+            if missing:
+                found.append(
+                    f"signing.dkim: no key for {domain} selector {selector}, so its mail goes"
+                    f" out unsigned; make one with: mailgate keys dkim-generate {domain}"
+                )
     if config.imap is not None:
         upstream = config.imap.upstream
         try:
@@ -654,6 +784,8 @@ def listeners(config: Config) -> list[tuple[str, ListenAddress]]:
             found.append(("imap.listen_tls", config.imap.listen_tls))
     if config.metrics is not None:
         found.append(("metrics.listen", config.metrics.listen))
+    if config.web is not None:
+        found.append(("web.listen", config.web.listen))
     return found
 
 

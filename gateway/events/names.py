@@ -57,6 +57,8 @@ KNOWN_EVENTS: tuple[str, ...] = (
     "group_policy_changed",
     "unit_added",
     "directory_imported",
+    # keys (mailgate keys)
+    "key_generated",
     # log retention
     "log_purged",
     "log_compressed",
