@@ -161,7 +161,9 @@ class Relay:
             self._emit_end(ctx, "message_tempfailed", reply, reason=f"spool write failed: {exc}")
             return reply
         reply = replies.QUEUED.with_text(f"{replies.QUEUED.text} {ctx.queue_id}")
-        self._emit_end(ctx, "message_accepted", reply)
+        # Which rules looked at it (clamav among them: it was scanned), for the record.
+        checks = [item.spec.name for item in settings.filters]
+        self._emit_end(ctx, "message_accepted", reply, checks=checks or None)
         return reply
 
     async def _drop_group_bodies(self, ctx: MessageContext, received: Body) -> None:
@@ -239,7 +241,12 @@ class Relay:
             await self.bouncer.bounce(ctx.queue_id, ctx.sender, now, failures, ctx.body.headers)
 
     def _emit_end(
-        self, ctx: MessageContext, event: str, reply: Reply, reason: str | None = None
+        self,
+        ctx: MessageContext,
+        event: str,
+        reply: Reply,
+        reason: str | None = None,
+        checks: list[str] | None = None,
     ) -> None:
         self.events.emit(
             event,
@@ -255,4 +262,5 @@ class Relay:
             user=ctx.user,
             client=ctx.client,
             listener=ctx.listener,
+            checks=checks,
         )

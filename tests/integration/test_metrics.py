@@ -64,6 +64,8 @@ def test_metrics_move_with_the_mail_and_carry_the_days_final_hash(
             client.sendmail("a@other.org", ["someone@elsewhere.org"], MESSAGE)
     gateway.wait_event("delivered")
     gateway.wait_event("session_end")
+    checks = gateway.wait_event("message_accepted")["checks"]  # the rules that looked at it
+    assert {"attachment_cap", "classification", "attachment_type"} <= set(checks), checks
     metrics = scrape(port)
     accepted = ("mailgate_messages_total", (("listener", "inbound"), ("outcome", "accepted")))
     assert metrics[accepted] == 1
