@@ -221,7 +221,7 @@ def _entry(
                 )
             )
         return None
-    wanted = [x for x in source.by_seq.get(first.prev_seq or 0, [])]
+    wanted = source.by_seq.get(first.prev_seq or 0, [])
     if not wanted:
         top = max(source.by_seq, default=0)
         problems.append(
