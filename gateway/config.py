@@ -217,6 +217,9 @@ class SigningSection:
     dns_timeout: float = _opt("seconds", 2.0, "per DKIM key lookup; then dkim=temperror")
     dns_resolver: ListenAddress | None = _opt("listen", None, "HOST:PORT; default: the system's")
     crl_file: Path | None = _opt("file", None, "PEM or DER CRL checked for S/MIME certificates")
+    smime_ca_file: Path | None = _opt(
+        "file", None, "PEM CAs whose S/MIME signatures inbound are smime=pass"
+    )
     gpg_timeout: float = _opt("seconds", 10.0, "per gpg call; then 451")
     dkim: DkimSection | None = None
 
@@ -604,6 +607,16 @@ def _check_signing(reader: _Reader, signing: dict[str, Any]) -> None:
         if value is not None and value not in allowed:
             choices = " or ".join(f'"{a}"' for a in allowed)
             reader.fail(f"signing.{key}", f"{value!r} is not one of {choices}")
+    from gateway.signing.certs import CertificateError, load_certificates, load_crls
+
+    for key, load in (("smime_ca_file", load_certificates), ("crl_file", load_crls)):
+        path = signing.get(key)
+        if path is None or any(p.startswith(f"signing.{key}: ") for p in reader.problems):
+            continue
+        try:
+            load(path)
+        except (CertificateError, OSError) as exc:
+            reader.fail(f"signing.{key}", f"{exc}; give a PEM file")
 
 
 def _check_relations(reader: _Reader, sections: dict[str, Any]) -> None:

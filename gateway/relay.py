@@ -176,25 +176,26 @@ class Relay:
                 await asyncio.to_thread(body.discard)
 
     async def _sign(self, ctx: MessageContext, received: Body) -> Reply | None:
-        """The signing stage (gateway/signing/stage.py), last: a new body, or a refusal.
-        A body made on the way (header edits) is dropped once replaced; the handler drops
-        the received one and the final one."""
+        """The signing stage (gateway/signing/stage.py), last: new bodies, or a refusal.
+        A body made on the way (header edits, an unsigned copy) is dropped once replaced;
+        the handler drops the received one and the final one."""
         assert self.signing is not None
-        verdict = await self.signing.run(ctx)
-        if verdict.action is Action.TRANSFORM:
-            replaced = ctx.body
-            apply_transform(ctx, verdict)
-            self._transformed(ctx, verdict)
-            kept = (received, ctx.body)
-            if replaced not in kept and replaced.path not in {b.path for b in kept}:
-                await asyncio.to_thread(replaced.discard)
-            return None
-        if verdict.action is Action.ACCEPT:
-            return None
-        assert verdict.reply is not None
-        event = "message_tempfailed" if verdict.reply.is_temporary else "message_rejected"
-        self._emit_end(ctx, event, verdict.reply, reason=verdict.reply.text)
-        return verdict.reply
+        for verdict in await self.signing.run(ctx):
+            if verdict.action is Action.TRANSFORM:
+                replaced = ctx.body
+                apply_transform(ctx, verdict)
+                self._transformed(ctx, verdict)
+                kept = (received, ctx.body)
+                if replaced not in kept and replaced.path not in {b.path for b in kept}:
+                    await asyncio.to_thread(replaced.discard)
+                continue
+            if verdict.action is Action.ACCEPT:
+                continue
+            assert verdict.reply is not None
+            event = "message_tempfailed" if verdict.reply.is_temporary else "message_rejected"
+            self._emit_end(ctx, event, verdict.reply, reason=verdict.reply.text)
+            return verdict.reply
+        return None
 
     def _transformed(self, ctx: MessageContext, verdict: Verdict) -> None:
         """Every verdict that is not a plain accept is an event, transforms included."""

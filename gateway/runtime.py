@@ -31,7 +31,9 @@ from gateway.mime.pool import Inspector
 from gateway.pipeline import EnabledFilter
 from gateway.queue import QueueRunner
 from gateway.relay import Relay, RelaySettings
+from gateway.signing.certs import load_certificates, load_crls
 from gateway.signing.keys import KeyStore
+from gateway.signing.protect import Policy
 from gateway.signing.stage import SigningStage, StageSettings
 from gateway.smtp import replies
 from gateway.smtp.data import DataLimits
@@ -89,6 +91,15 @@ def stage_settings(config: Config) -> StageSettings:
         verify_inbound=signing.verify_inbound,
         dns_timeout=signing.dns_timeout,
         dns_resolver=(resolver.host, resolver.port) if resolver else None,
+        policy=Policy(
+            signing.sign_outbound,
+            signing.encrypt_subject_tags,
+            signing.missing_recipient_key,
+            signing.preference,
+        ),
+        decrypt_inbound=signing.decrypt_inbound,
+        trusted=load_certificates(signing.smime_ca_file),
+        crls=load_crls(signing.crl_file),
     )
 
 
@@ -136,6 +147,7 @@ class Runtime:
         self.directory.hasher = self.authenticator.hasher  # new and reset passwords alike
         self.inspector = Inspector()  # the one MIME parse, on threads and worker processes
         self.keys = KeyStore(config.gateway.data_dir)
+        self.keys.gpg_timeout = config.signing.gpg_timeout
         self.relay = Relay(
             config.gateway.hostname,
             Router(config),
@@ -342,6 +354,7 @@ class Runtime:
     async def close(self) -> None:
         await self.relay.router.close()
         self.authenticator.close()  # no argon2 thread left reading the directory
+        self.keys.close()  # the gateway's gpg-agent
         self.inspector.close()
         self.directory.close()
         self.events.close()

@@ -59,6 +59,8 @@ KNOWN_EVENTS: tuple[str, ...] = (
     "directory_imported",
     # keys (mailgate keys)
     "key_generated",
+    "key_imported",
+    "key_removed",
     # log retention
     "log_purged",
     "log_compressed",

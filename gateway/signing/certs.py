@@ -8,8 +8,9 @@ reason a person can act on, before any message depends on it. Messages never car
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
@@ -31,7 +32,7 @@ class Bundle:
     """One identity: the end-entity certificate, its key if we hold it, and intermediates."""
 
     certificate: x509.Certificate
-    key: PrivateKey | None = None
+    key: PrivateKey | None = field(default=None, repr=False)
     chain: tuple[x509.Certificate, ...] = ()
 
 
@@ -228,6 +229,17 @@ _KU_NAMES = (
 )
 
 
+_EKU_NAMES = {
+    ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection",
+    ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+    ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
+    ExtendedKeyUsageOID.CODE_SIGNING: "codeSigning",
+    ExtendedKeyUsageOID.TIME_STAMPING: "timeStamping",
+    ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning",
+    ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE: "anyExtendedKeyUsage",
+}
+
+
 def usages(cert: x509.Certificate) -> list[str]:
     """Key usage bits and EKU names, camelCase as in RFC 5280, for `keys list`."""
     names: list[str] = []
@@ -239,7 +251,7 @@ def usages(cert: x509.Certificate) -> list[str]:
                 names.append(head + "".join(w.title() for w in rest))
     eku = _ext(cert, x509.ExtendedKeyUsage)
     if isinstance(eku, x509.ExtendedKeyUsage):
-        names.extend(oid._name if oid._name != "Unknown OID" else oid.dotted_string for oid in eku)
+        names.extend(_EKU_NAMES.get(oid, oid.dotted_string) for oid in eku)
     return names
 
 
@@ -255,3 +267,26 @@ def describe(cert: x509.Certificate) -> dict[str, object]:
         "addresses": sorted(addresses_of(cert)),
         "fingerprint": fingerprint(cert),
     }
+
+
+def load_certificates(path: Path | None) -> tuple[x509.Certificate, ...]:
+    """The PEM certificates in ``path`` (``signing.smime_ca_file``); none without a path."""
+    if path is None:
+        return ()
+    try:
+        return tuple(x509.load_pem_x509_certificates(path.read_bytes()))
+    except ValueError:
+        raise CertificateError(f"{path} holds no PEM certificate") from None
+
+
+def load_crls(path: Path | None) -> tuple[x509.CertificateRevocationList, ...]:
+    """The CRL in ``path`` (``signing.crl_file``, PEM or DER); none without a path."""
+    if path is None:
+        return ()
+    data = path.read_bytes()
+    try:
+        if b"-----BEGIN" in data:
+            return (x509.load_pem_x509_crl(data),)
+        return (x509.load_der_x509_crl(data),)
+    except ValueError:
+        raise CertificateError(f"{path} is not a CRL") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.header
 import email.utils
 import os
 import shutil
@@ -139,7 +140,10 @@ def is_signed(message: bytes) -> bool:
 
 def is_encrypted(message: bytes) -> bool:
     """application/pkcs7-mime enveloped (or auth-enveloped) data."""
-    head = _headers(message)
+    return _encrypted_head(_headers(message))
+
+
+def _encrypted_head(head: Message) -> bool:
     if head.get_content_type() not in _MIME_TYPES:
         return False
     kind = _smime_type(head)
@@ -213,6 +217,8 @@ def _recode_single(entity: bytes) -> bytes | None:
     head = BytesHeaderParser(policy=policy.compat32).parsebytes(b"".join(fields) + b"\r\n")
     if head.get_content_maintype() in ("multipart", "message"):
         return None
+    if not all(f.isascii() for f in fields):
+        return None  # raw 8-bit header fields: the tree path encodes them
     cte = str(head.get("content-transfer-encoding", "7bit")).strip().lower()
     if cte in ("base64", "quoted-printable"):
         return entity
@@ -221,6 +227,46 @@ def _recode_single(entity: bytes) -> bytes | None:
     kept = [f for f in fields if _name(f) not in replaced]
     added = [f"{name}: {value}\r\n".encode("ascii") for name, value in new_fields]
     return b"".join(kept + added) + b"\r\n" + new_body
+
+
+def _seven_bit_headers(part: Message) -> bool:
+    """Raw 8-bit (UTF-8) MIME header fields made 7-bit: parameters such as a Vietnamese
+    filename as RFC 2231, other fields as RFC 2047 words. True when something changed."""
+    raw = list(part.raw_items())  # as parsed: compat32's get() would lose the 8-bit bytes
+    names = {k.lower(): k for k, v in reversed(raw) if not str(v).isascii()}  # first spelling
+    for name, spelling in names.items():
+        values = [_seven_bit_value(name, _unraw(str(v))) for k, v in raw if k.lower() == name]
+        del part[name]
+        for value in values:
+            part[spelling] = value
+    return bool(names)
+
+
+def _seven_bit_value(name: str, text: str) -> str:
+    if name not in ("content-type", "content-disposition"):
+        return text if text.isascii() else email.header.Header(text, "utf-8").encode()
+    holder = Message()
+    holder[name] = text
+    params = holder.get_params(header=name) or [("", "")]
+    return params[0][0] + "".join(f"; {_param(key, value)}" for key, value in params[1:])
+
+
+def _unraw(value: str) -> str:
+    """Text from raw header bytes that compat32 hands back as surrogate escapes or as
+    Latin-1 code points (its unknown-8bit Header); the bytes are taken as UTF-8."""
+    try:
+        raw = value.encode("latin-1", "surrogateescape")
+    except UnicodeEncodeError:
+        return value  # already real text
+    return raw.decode("utf-8", "replace")
+
+
+def _param(key: str, value: str | tuple[str, str, str]) -> str:
+    text = email.utils.collapse_rfc2231_value(value) if isinstance(value, tuple) else value
+    text = _unraw(text)
+    if text.isascii():
+        return f'{key}="{email.utils.quote(text)}"'
+    return f"{key}*={email.utils.encode_rfc2231(text, 'utf-8', '')}"
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -250,6 +296,7 @@ def seven_bit_entity(entity: bytes) -> bytes:
     if single is not None:
         return single
     tree = BytesParser(policy=_POLICY).parsebytes(entity)
+    renamed = [p for p in tree.walk() if _seven_bit_headers(p)]
     leaves = [p for p in tree.walk() if _needs_recoding(p)]
     containers = [
         p
@@ -257,7 +304,7 @@ def seven_bit_entity(entity: bytes) -> bytes:
         if p.is_multipart()
         and str(p.get("content-transfer-encoding", "")).strip().lower() in ("8bit", "binary")
     ]
-    if not leaves and not containers:
+    if not leaves and not containers and not renamed:
         return entity
     for part in leaves:
         _recode(part)
@@ -340,7 +387,7 @@ def encrypt(message: bytes, certificates: Sequence[x509.Certificate]) -> bytes:
 # --- decrypt ----------------------------------------------------------------------------
 
 
-def decrypt(message: bytes, bundle: Bundle) -> bytes:
+def decrypt(message: bytes, bundle: Bundle, *, timeout: float = OPENSSL_TIMEOUT) -> bytes:
     """The message again: outer headers kept, the encrypted entity restored in place.
 
     Header fields the sender protected inside the entity win over their outer copies.
@@ -348,10 +395,10 @@ def decrypt(message: bytes, bundle: Bundle) -> bytes:
     if bundle.key is None:
         raise SmimeError("no private key to decrypt with")
     message = _crlf(message)
-    if not is_encrypted(message):
+    head = _headers(message)
+    if not _encrypted_head(head):
         raise SmimeError("not an S/MIME encrypted message")
     fields, body = _split(message)
-    head = _headers(message)
     cte = str(head.get("content-transfer-encoding", "")).strip().lower()
     try:
         der = base64.b64decode(body) if cte == "base64" else body
@@ -361,11 +408,11 @@ def decrypt(message: bytes, bundle: Bundle) -> bytes:
         raise SmimeError("the encrypted part is empty")
     try:
         if _is_auth_enveloped(der) or _smime_type(head) == "authenveloped-data":
-            plain = _openssl_decrypt(der, bundle, OPENSSL_TIMEOUT)  # cryptography cannot
+            plain = _openssl_decrypt(der, bundle, timeout)  # cryptography cannot
         else:
             plain = pkcs7.pkcs7_decrypt_der(der, bundle.certificate, bundle.key, [])
     except UnsupportedAlgorithm:
-        plain = _openssl_decrypt(der, bundle, OPENSSL_TIMEOUT)
+        plain = _openssl_decrypt(der, bundle, timeout)
     except (ValueError, TypeError):
         raise SmimeError(
             "cannot decrypt: not encrypted to this certificate, or the data is corrupt"

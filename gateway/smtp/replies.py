@@ -71,7 +71,10 @@ MALFORMED_HEADERS = Reply(550, "5.6.0", "Malformed header section")
 CANNOT_INSPECT = Reply(554, "5.6.0", "Cannot inspect the message content")
 # MOST 16.2: a signature the policy asks for is never skipped (gateway/signing/stage.py).
 SIGNING_UNAVAILABLE = Reply(451, "4.3.0", "Signing temporarily unavailable, try again later")
-CANNOT_SIGN = Reply(554, "5.6.0", "Cannot sign the message")
+CANNOT_SIGN = Reply(554, "5.7.1", "Cannot sign the message")
+ENCRYPTION_REFUSED = Reply(
+    550, "5.7.1", "Encryption requested but not possible for every recipient"
+)
 
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")

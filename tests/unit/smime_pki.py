@@ -41,6 +41,13 @@ class Pair:
         return cert_path, key_path
 
 
+def forget_keys(directory: Path) -> None:
+    """Private keys live on disk only while a test needs them (0600, then deleted)."""
+    for pattern in ("*.key", "*.p12"):
+        for path in directory.glob(pattern):
+            path.unlink()
+
+
 _KEYS: dict[str, rsa.RSAPrivateKey] = {}
 
 

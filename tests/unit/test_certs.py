@@ -20,7 +20,7 @@ from gateway.signing.certs import (
     load_bundle,
     problem,
 )
-from tests.unit.smime_pki import NOW, make_ca, make_crl, make_leaf
+from tests.unit.smime_pki import NOW, forget_keys, make_ca, make_crl, make_leaf
 
 ADDR = "an.nguyen@bo.gov.vn"
 
@@ -94,13 +94,12 @@ def test_pkcs12_made_by_openssl_cli(tmp_path: Path, ca, leaf):
     out = tmp_path / "an.p12"
     args = ["pkcs12", "-export", "-in", str(cert_path), "-inkey", str(key_path)]
     args += ["-certfile", str(tmp_path / "ca.pem"), "-out", str(out), "-passout", "pass:pw"]
-    subprocess.run(
-        ["openssl", *args],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    bundle = load_bundle(out.read_bytes(), b"pw")
+    try:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
+        data = out.read_bytes()
+    finally:
+        forget_keys(tmp_path)
+    bundle = load_bundle(data, b"pw")
     assert bundle.certificate == leaf.cert and bundle.key is not None
     assert bundle.chain == (ca.cert,)
 
@@ -124,7 +123,8 @@ def test_addresses_from_san_and_subject_lower_cased(ca):
 
 
 def test_fingerprint_matches_openssl(tmp_path: Path, leaf):
-    cert_path, _ = leaf.write(tmp_path, "an")
+    cert_path = tmp_path / "an.pem"
+    cert_path.write_bytes(leaf.cert_pem())
     out = subprocess.run(
         ["openssl", "x509", "-in", str(cert_path), "-noout", "-fingerprint", "-sha256"],
         check=True,
@@ -133,6 +133,10 @@ def test_fingerprint_matches_openssl(tmp_path: Path, leaf):
         timeout=30,
     ).stdout
     assert fingerprint(leaf.cert) == out.split("=", 1)[1].strip().replace(":", "").lower()
+
+
+def test_bundle_repr_shows_no_key(ca, leaf):
+    assert "key" not in repr(load_bundle(leaf.cert_pem() + leaf.key_pem()))
 
 
 def test_describe_names_what_keys_list_shows(leaf):

@@ -672,6 +672,16 @@ def test_check_config_warns_about_a_local_domain_without_a_dkim_key(tmp_path: Pa
     assert not any("signing.dkim" in w for w in advisories(config))
 
 
+def test_signing_ca_and_crl_files_must_hold_what_they_say(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    problems = problems_of(
+        data(signing={"smime_ca_file": str(junk), "crl_file": str(junk)}), tmp_path
+    )
+    assert any(p.startswith("signing.smime_ca_file: ") for p in problems), problems
+    assert any(p.startswith("signing.crl_file: ") for p in problems), problems
+
+
 # -- [log] anchors and [metrics] ---------------------------------------------------------
 
 

@@ -561,11 +561,11 @@ async def test_the_parse_is_asked_for_the_scans_of_the_enabled_filters() -> None
 class GroupsStage:
     """A signing stage that gives each recipient a body of its own."""
 
-    async def run(self, ctx: MessageContext) -> Verdict:
+    async def run(self, ctx: MessageContext) -> list[Verdict]:
         groups = [
             ((r,), Body.from_bytes(MESSAGE + f"for {r}\r\n".encode())) for r in ctx.recipients
         ]
-        return Verdict.transform("smime", "encrypted per recipient", deliveries=groups)
+        return [Verdict.transform("smime", "encrypted per recipient", deliveries=groups)]
 
 
 async def test_each_recipient_gets_its_own_body_and_each_deferred_body_is_spooled(

@@ -12,6 +12,7 @@ from email.parser import BytesParser
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -19,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from gateway.signing import smime
 from gateway.signing.certs import Bundle, fingerprint
 from gateway.signing.smime import SmimeError, SmimeTemporaryError
-from tests.unit.smime_pki import NOW, make_ca, make_crl, make_leaf
+from tests.unit.smime_pki import NOW, forget_keys, make_ca, make_crl, make_leaf
 
 SENDER = "an.nguyen@bo.gov.vn"
 RCPT = "vanthu@tinh.gov.vn"
@@ -88,12 +89,13 @@ def pki(tmp_path_factory):
     (d / "ca.pem").write_bytes(ca.cert_pem())
     sender.write(d, "sender")
     rcpt.write(d, "rcpt")
-    return {
+    yield {
         "dir": d,
         "ca": ca,
         "sender": Bundle(sender.cert, sender.key, (ca.cert,)),
         "rcpt": Bundle(rcpt.cert, rcpt.key),
     }
+    forget_keys(d)
 
 
 def openssl(*args: str, data: bytes | None = None, ok: bool = True) -> subprocess.CompletedProcess:
@@ -153,7 +155,9 @@ def test_multipart_html_and_attachment_survive_signing(pki):
     signed = smime.sign(multipart_8bit(), pki["sender"])
     d = pki["dir"]
     (d / "multi.eml").write_bytes(signed)
-    content = openssl("cms", "-verify", "-in", str(d / "multi.eml"), "-CAfile", str(d / "ca.pem"))
+    ca_file = str(d / "ca.pem")
+    openssl("smime", "-verify", "-in", str(d / "multi.eml"), "-CAfile", ca_file)
+    content = openssl("cms", "-verify", "-in", str(d / "multi.eml"), "-CAfile", ca_file)
     tree = parse(content.stdout)
     plain, html, attachment = (p for p in tree.walk() if not p.is_multipart())
     assert plain.get_content().replace("\r\n", "\n") == TEXT
@@ -161,6 +165,33 @@ def test_multipart_html_and_attachment_survive_signing(pki):
     assert attachment.get_content() == ATTACHMENT
     assert attachment.get_filename() == "du-lieu.bin"
     assert smime.verify(signed, [pki["ca"].cert]).status == "pass"
+
+
+@pytest.mark.parametrize("multipart", [False, True], ids=["one-part", "multipart"])
+def test_raw_utf8_filename_becomes_rfc2231(pki, multipart):
+    attachment = (
+        'Content-Type: application/pdf; name="Công văn 123.pdf"\r\n'
+        'Content-Disposition: attachment; filename="Công văn 123.pdf"\r\n'
+        "Content-Description: Tài liệu\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n"
+    ).encode() + smime._b64(ATTACHMENT)
+    if multipart:
+        entity = (
+            b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+            b"--b1\r\n" + attachment + b"\r\n--b1--\r\n"
+        )
+    else:
+        entity = b"MIME-Version: 1.0\r\n" + attachment
+    signed = smime.sign(OUTER + entity, pki["sender"])
+    assert max(signed[len(OUTER) :]) < 0x80
+    d = pki["dir"]
+    (d / "name.eml").write_bytes(signed)
+    content = openssl("cms", "-verify", "-in", str(d / "name.eml"), "-CAfile", str(d / "ca.pem"))
+    part = next(p for p in parse(content.stdout).walk() if not p.is_multipart())
+    assert part.get_filename() == "Công văn 123.pdf"
+    assert part.get_param("name") == "Công văn 123.pdf"
+    assert part["Content-Description"] == "Tài liệu"
+    assert part.get_content() == ATTACHMENT
 
 
 def test_seven_bit_entity_is_signed_byte_exact(pki):
@@ -180,6 +211,17 @@ def test_lf_input_is_signed_as_crlf(pki):
     assert smime.verify(signed, [pki["ca"].cert]).status == "pass"
 
 
+def test_ecdsa_signer_verifies_with_openssl(pki):
+    ca = pki["ca"]
+    leaf = make_leaf(ca, SENDER, key=ec.generate_private_key(ec.SECP256R1()))
+    signed = smime.sign(vietnamese_8bit(), Bundle(leaf.cert, leaf.key))
+    d = pki["dir"]
+    (d / "ec.eml").write_bytes(signed)
+    done = openssl("cms", "-verify", "-in", str(d / "ec.eml"), "-CAfile", str(d / "ca.pem"))
+    assert text_of(done.stdout) == TEXT
+    assert smime.verify(signed, [ca.cert]).status == "pass"
+
+
 def test_sign_without_key_is_refused(pki):
     with pytest.raises(SmimeError, match="no private key"):
         smime.sign(seven_bit(), Bundle(pki["rcpt"].certificate))
@@ -197,12 +239,13 @@ def test_encrypted_output_decrypts_with_openssl_to_the_entity(pki):
     (d / "enc.eml").write_bytes(encrypted)
     printed = openssl("cms", "-cmsout", "-print", "-in", str(d / "enc.eml")).stdout
     assert b"aes-256-cbc" in printed
-    for who in ("sender", "rcpt"):
-        done = openssl(
-            "cms", "-decrypt", "-in", str(d / "enc.eml"),
-            "-recip", str(d / f"{who}.pem"), "-inkey", str(d / f"{who}.key"),
-        )  # fmt: skip
-        assert done.stdout == message[len(OUTER) :]
+    for command in ("cms", "smime"):
+        for who in ("sender", "rcpt"):
+            done = openssl(
+                command, "-decrypt", "-in", str(d / "enc.eml"),
+                "-recip", str(d / f"{who}.pem"), "-inkey", str(d / f"{who}.key"),
+            )  # fmt: skip
+            assert done.stdout == message[len(OUTER) :], (command, who)
 
 
 def test_sign_then_encrypt_decrypts_and_verifies_with_openssl(pki):
@@ -228,9 +271,12 @@ def test_our_decrypt_restores_our_signed_message(pki):
     assert result.status == "pass"
 
 
-def test_encrypt_needs_a_certificate():
+def test_encrypt_needs_rsa_certificates(pki):
     with pytest.raises(SmimeError, match="no recipient"):
         smime.encrypt(seven_bit(), [])
+    ec_leaf = make_leaf(pki["ca"], RCPT, key=ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(SmimeError, match="only RSA"):
+        smime.encrypt(seven_bit(), [pki["rcpt"].certificate, ec_leaf.cert])
 
 
 # --- decrypt what openssl made ------------------------------------------------------------
@@ -284,6 +330,17 @@ def test_auth_enveloped_gcm_goes_to_openssl(pki):
     assert smime.decrypt(made, pki["rcpt"]).endswith(CONTENT)
     with pytest.raises(SmimeError, match="not encrypted to this certificate"):
         smime.decrypt(made, pki["sender"])
+
+
+def test_openssl_decrypt_trouble_is_temporary(pki, monkeypatch):
+    d = pki["dir"]
+    (d / "content.txt").write_bytes(CONTENT)
+    made = openssl("smime", "-encrypt", "-in", str(d / "content.txt"), str(d / "rcpt.pem")).stdout
+    with pytest.raises(SmimeTemporaryError, match="took over"):
+        smime.decrypt(made, pki["rcpt"], timeout=0.000001)
+    monkeypatch.setattr(smime.shutil, "which", lambda _name: None)
+    with pytest.raises(SmimeTemporaryError, match="openssl not found"):
+        smime.decrypt(made, pki["rcpt"])
 
 
 def test_decrypt_with_the_wrong_key_is_refused(pki):
