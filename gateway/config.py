@@ -156,6 +156,20 @@ class AuthSection:
 
 
 @dataclass(frozen=True, slots=True)
+class SyslogTarget:
+    """Where ``[log] syslog`` sends: a unix datagram socket or a host over UDP/TCP."""
+
+    transport: str  # "unix", "udp" or "tcp"
+    address: str  # the socket path, or the host
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.transport == "unix":
+            return f"unix:{self.address}"
+        return f"{self.transport}:{ListenAddress(self.address, self.port)}"
+
+
+@dataclass(frozen=True, slots=True)
 class WebSection:
     """The self-service password page (MOST 15.2, 17.4; MIC 7.3.c): HTTPS on ``listen``
     with smtp.tls_cert/tls_key, the page at /password."""
@@ -214,6 +228,17 @@ class SigningSection:
 class LogSection:
     dir: Path = _opt("path")
     retention_days: int = _opt("count", 183)
+    # Off-box anchors of each finished day's final hash (see README, "Tamper evidence").
+    timestamp_authority: str | None = _opt("url", None, "RFC 3161 time-stamping authority")
+    timestamp_ca_file: Path | None = _opt("ca_file", None, "CA of the time-stamping authority")
+    timestamp_timeout: float = _opt("seconds", 10.0, "for one time-stamp request")
+    syslog: SyslogTarget | None = _opt("syslog", None, "unix:/dev/log, udp:HOST:PORT, tcp:...")
+    syslog_events: bool = _opt("bool", False, "every event to syslog too, not only day hashes")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSection:
+    listen: ListenAddress = _opt("listen")
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +251,7 @@ class Config:
     queue: QueueSection
     auth: AuthSection
     imap: ImapSection | None = None
+    metrics: MetricsSection | None = None
     web: WebSection | None = None
     signing: SigningSection = field(default_factory=SigningSection)
     filters: Any = None  # filter_config.FiltersSection: the policy filters, in run order
@@ -255,11 +281,12 @@ _SECTIONS: dict[str, tuple[type, bool]] = {
     "queue": (QueueSection, False),
     "auth": (AuthSection, False),
     "log": (LogSection, True),
+    "metrics": (MetricsSection, False),
 }
 
 
 # Sections whose absence switches a service off (rather than taking every default).
-_OPTIONAL_SERVICES = ("imap", "web")
+_OPTIONAL_SERVICES = ("imap", "web", "metrics")
 
 
 class _Reader:
@@ -442,6 +469,32 @@ class _Reader:
         self.fail(key, f"expected one of {', '.join(TLS_LEVELS)}; got {got}{hint}")
         return None
 
+    def _url(self, key: str, raw: Any, doc: str) -> Any:
+        value = self._str(key, raw, doc)
+        if value is None:
+            return None
+        scheme, sep, rest = value.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest.split("/")[0]:
+            self.fail(key, f"expected an http:// or https:// URL, got {raw!r}")
+            return None
+        return value
+
+    def _syslog(self, key: str, raw: Any, doc: str) -> Any:
+        value = self._str(key, raw, doc)
+        if value is None:
+            return None
+        transport, _, rest = value.partition(":")
+        if transport == "unix" and rest:
+            return SyslogTarget("unix", str(self.path(rest)))
+        address = parse_host_port(rest) if transport in ("udp", "tcp") else None
+        if address is None:
+            self.fail(
+                key,
+                f'expected "unix:/dev/log", "udp:HOST:PORT" or "tcp:HOST:PORT", got {raw!r}',
+            )
+            return None
+        return SyslogTarget(transport, address.host, address.port)
+
     def _ca_file(self, key: str, raw: Any, doc: str) -> Any:
         path = self._file(key, raw, doc)
         if path is None or any(p.startswith(f"{key}: ") for p in self.problems):
@@ -603,6 +656,9 @@ def _check_relations(reader: _Reader, sections: dict[str, Any]) -> None:
                 "true (the default), but no smtp.tls_cert/tls_key is set for STARTTLS; add"
                 " them (or set false for loopback tests)",
             )
+    metrics = sections.get("metrics")
+    if metrics:
+        listeners.append(("metrics.listen", metrics.get("listen")))
     web = sections.get("web")
     if web:
         listeners.append(("web.listen", web.get("listen")))
@@ -617,12 +673,28 @@ def _check_relations(reader: _Reader, sections: dict[str, Any]) -> None:
             reader.fail(key_name, f"{address} is also used by {seen[address]}; pick another port")
         seen[address] = key_name
     _check_argon2(reader, sections.get("auth") or {})
+    _check_log(reader, sections.get("log") or {})
     queue = sections.get("queue") or {}
     low, high = queue.get("retry_min_seconds"), queue.get("retry_max_seconds")
     if low is not None and high is not None and low > high:
         reader.fail(
             "queue.retry_min_seconds",
             f"{low:g} is above queue.retry_max_seconds ({high:g}); lower it or raise the maximum",
+        )
+
+
+def _check_log(reader: _Reader, log: dict[str, Any]) -> None:
+    """A time-stamp token nobody can check proves nothing: the authority needs its CA."""
+    if log.get("timestamp_authority") and not log.get("timestamp_ca_file"):
+        reader.fail(
+            "log.timestamp_ca_file",
+            "missing; log.timestamp_authority needs the authority's CA certificate (PEM)"
+            " so that logs verify can check its tokens",
+        )
+    if log.get("timestamp_ca_file") and not log.get("timestamp_authority"):
+        reader.fail(
+            "log.timestamp_authority",
+            "missing; log.timestamp_ca_file is set but no authority is named",
         )
 
 
@@ -723,6 +795,8 @@ def listeners(config: Config) -> list[tuple[str, ListenAddress]]:
         found.append(("imap.listen", config.imap.listen))
         if config.imap.listen_tls:
             found.append(("imap.listen_tls", config.imap.listen_tls))
+    if config.metrics is not None:
+        found.append(("metrics.listen", config.metrics.listen))
     if config.web is not None:
         found.append(("web.listen", config.web.listen))
     return found

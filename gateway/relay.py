@@ -127,12 +127,14 @@ class Relay:
         are delivered side by side."""
         groups = ctx.deliveries or [(tuple(ctx.recipients), ctx.body)]
         outcomes: dict[str, Outcome] = {}
+        started = time.monotonic()
         for part in await asyncio.gather(
             *(router.deliver(ctx.sender, list(group), body) for group, body in groups)
         ):
             outcomes.update(part)
         split = Split.of(outcomes)
-        self.outcomes.hops(ctx.queue_id, ctx.message_id, ctx.sender, split)
+        took = round(time.monotonic() - started, 3)  # the delivery latency metric's input
+        self.outcomes.hops(ctx.queue_id, ctx.message_id, ctx.sender, split, duration_s=took)
         if not split.delivered and not split.failed:
             # The next hop's own words (which may name internal hosts) stay in the events.
             reply = replies.NEXT_HOP_UNAVAILABLE.with_rule("delivery")
@@ -159,7 +161,9 @@ class Relay:
             self._emit_end(ctx, "message_tempfailed", reply, reason=f"spool write failed: {exc}")
             return reply
         reply = replies.QUEUED.with_text(f"{replies.QUEUED.text} {ctx.queue_id}")
-        self._emit_end(ctx, "message_accepted", reply)
+        # Which rules looked at it (clamav among them: it was scanned), for the record.
+        checks = [item.spec.name for item in settings.filters]
+        self._emit_end(ctx, "message_accepted", reply, checks=checks or None)
         return reply
 
     async def _drop_group_bodies(self, ctx: MessageContext, received: Body) -> None:
@@ -238,7 +242,12 @@ class Relay:
             await self.bouncer.bounce(ctx.queue_id, ctx.sender, now, failures, ctx.body.headers)
 
     def _emit_end(
-        self, ctx: MessageContext, event: str, reply: Reply, reason: str | None = None
+        self,
+        ctx: MessageContext,
+        event: str,
+        reply: Reply,
+        reason: str | None = None,
+        checks: list[str] | None = None,
     ) -> None:
         self.events.emit(
             event,
@@ -254,4 +263,5 @@ class Relay:
             user=ctx.user,
             client=ctx.client,
             listener=ctx.listener,
+            checks=checks,
         )

@@ -209,6 +209,8 @@ class Runtime:
             restart_needed.append("gateway.data_dir/log.dir")
         if hash_workers(new.auth) != self.authenticator.workers:
             restart_needed.append("auth.hash_workers")
+        if (new.log.syslog, new.log.syslog_events) != (old.log.syslog, old.log.syslog_events):
+            restart_needed.append("log.syslog")
         old_router = self.relay.router
         self.config = new
         self.tls = new_tls
@@ -373,9 +375,33 @@ def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str,
     loop.default_exception_handler(context)
 
 
+def _start_observers(runtime: Runtime, config: Config) -> list[Any]:
+    """Metrics and the syslog copy of events, fed by the event log; returns their closers.
+
+    Both are fixed at start (a change of ``[metrics]`` or ``log.syslog`` needs a restart).
+    """
+    closers: list[Any] = []
+    if config.metrics is not None:
+        from gateway.metrics import Metrics
+
+        metrics = Metrics(runtime.spool.queue, config.log.dir)
+        metrics.start(config.metrics.listen)
+        runtime.events.observers.append(metrics.observe)
+        closers.append(metrics.close)
+        log.info("metrics.listen on %s", config.metrics.listen)
+    if config.log.syslog is not None and config.log.syslog_events:
+        from gateway.events.forward import SyslogForwarder
+
+        forwarder = SyslogForwarder(config.log.syslog)
+        runtime.events.observers.append(forwarder)
+        closers.append(forwarder.close)
+    return closers
+
+
 async def serve(config: Config, directory: Directory | None = None) -> None:
     """Run the listeners and the queue until SIGTERM/SIGINT."""
     runtime = Runtime(config, directory)
+    observers = _start_observers(runtime, config)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_exception_handler)
     stale = runtime.spool.recover()
@@ -442,6 +468,8 @@ async def serve(config: Config, directory: Directory | None = None) -> None:
                 watcher.cancel()
     finally:
         runtime.events.emit("gateway_stop")
+        for close in observers:
+            close()
         await runtime.close()
 
 

@@ -63,4 +63,11 @@ KNOWN_EVENTS: tuple[str, ...] = (
     "key_removed",
     # log retention
     "log_purged",
+    "log_compressed",
+    "log_anchored",
+    "log_anchor_failed",
+    "log_verified",
+    "log_exported",
+    # bugs and broken resources: the type and place, never the message
+    "internal_error",
 )

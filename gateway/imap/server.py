@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.directory.lifecycle import effective_state
 from gateway.directory.mailboxes import CAN_AUTHENTICATE
+from gateway.events.errors import describe
 from gateway.imap.session import ImapSession
 from gateway.tls import following_context
 
@@ -120,8 +121,9 @@ class ImapProxy:
             await asyncio.sleep(config.check_interval if config else 2.0)
             try:
                 await self.check_sessions()
-            except Exception:  # a directory hiccup must not stop the watch
+            except Exception as exc:  # a directory hiccup must not stop the watch
                 self.services.log.exception("IMAP session check failed")
+                self.services.events.emit("internal_error", reason=f"imap watch: {describe(exc)}")
 
     async def check_sessions(self) -> int:
         """One pass of the watch; returns how many sessions it ended."""

@@ -19,6 +19,7 @@ import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
+from gateway.events.errors import describe
 from gateway.imap.pipe import Pipe
 from gateway.imap.syntax import Command, LineTooLong, Malformed, read_command, read_line
 from gateway.imap.upstream import Upstream, UpstreamError, open_session
@@ -107,7 +108,7 @@ class ImapSession:
             self.end_reason = self.end_reason if self.end_reason != "closed" else "cancelled"
         except Exception as exc:  # a bug ends this session only
             self.services.log.exception("IMAP session %s failed", self.session_id)
-            self.end_reason = f"internal error: {type(exc).__name__}"
+            self.end_reason = f"internal error: {describe(exc)}"
         finally:
             self.writer.close()
             if self._upstream is not None:  # a client that left right after LOGIN

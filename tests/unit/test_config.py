@@ -680,3 +680,52 @@ def test_signing_ca_and_crl_files_must_hold_what_they_say(tmp_path: Path) -> Non
     )
     assert any(p.startswith("signing.smime_ca_file: ") for p in problems), problems
     assert any(p.startswith("signing.crl_file: ") for p in problems), problems
+
+
+# -- [log] anchors and [metrics] ---------------------------------------------------------
+
+
+def test_log_anchor_keys_parse(tmp_path: Path) -> None:
+    ca = tmp_path / "tsa-ca.pem"
+    write_self_signed(ca, tmp_path / "k.pem", "tsa.example")
+    raw = data(
+        log={
+            "timestamp_authority": "http://tsa.example/tsr",
+            "timestamp_ca_file": str(ca),
+            "syslog": "udp:127.0.0.1:514",
+            "syslog_events": True,
+        },
+        metrics={"listen": "127.0.0.1:9464"},
+    )
+    config = parse_config(raw, tmp_path / "gw.toml")
+    assert config.log.timestamp_authority == "http://tsa.example/tsr"
+    assert str(config.log.syslog) == "udp:127.0.0.1:514"
+    assert config.log.syslog_events is True
+    assert config.metrics is not None and config.metrics.listen == ListenAddress("127.0.0.1", 9464)
+    assert parse_config(data(), tmp_path / "gw.toml").metrics is None
+
+
+def test_a_timestamp_authority_needs_its_ca(tmp_path: Path) -> None:
+    raw = data(log={"timestamp_authority": "http://tsa.example/tsr"})
+    assert "needs the authority's CA" in only_problem(raw, tmp_path, "log.timestamp_ca_file")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("timestamp_authority", "tsa.example", "expected an http:// or https:// URL"),
+        ("syslog", "/dev/log", 'expected "unix:/dev/log", "udp:HOST:PORT"'),
+        ("syslog", "udp:loghost", 'expected "unix:/dev/log", "udp:HOST:PORT"'),
+    ],
+)
+def test_bad_anchor_values_name_the_key(tmp_path: Path, key: str, value: str, says: str) -> None:
+    problems = problems_of(data(log={key: value}), tmp_path)
+    assert any(p.startswith(f"log.{key}: {says}") for p in problems), problems
+
+
+def test_metrics_keys_are_checked(tmp_path: Path) -> None:
+    inbound = MINIMAL["smtp"]["inbound_listen"]
+    message = only_problem(data(metrics={"listen": inbound}), tmp_path, "metrics.listen")
+    assert "also used by smtp.inbound_listen" in message
+    message = only_problem(data(metrics={"listen": "x:1", "port": 1}), tmp_path, "metrics.port")
+    assert "unknown key" in message
