@@ -219,6 +219,16 @@ class KeyStore:
             return False
         return True
 
+    def may_hold(self, address: str) -> bool:
+        """Cheap (two stats): whether ``address`` might hold a signing key, S/MIME or
+        OpenPGP. False means surely not, so the stage skips its lookups."""
+        try:
+            if self.smime_folder(address).is_dir():
+                return True
+        except KeyStoreError:
+            return False
+        return (self.root / "gnupg").is_dir()
+
     def signing_bundle(self, address: str, now: datetime) -> tuple[Bundle | None, str | None]:
         """The identity ``address`` signs with (its own key and certificate), or why the
         one it holds cannot sign now; (None, None) when it holds none."""

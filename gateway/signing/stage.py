@@ -76,12 +76,17 @@ class SigningStage:
         headers = ctx.body.headers
         sender = from_address(headers)
         policy = self.settings.policy
+        local_sender = sender if sender and self._is_local(sender) else None
+        subject = first_header(headers, b"subject")
+        if not protect.subject_asks_encryption(subject, policy.encrypt_subject_tags) and not (
+            policy.sign_outbound and local_sender and self.keys.may_hold(local_sender)
+        ):  # most mail: no key to sign with, no encryption asked: no thread, no lookups
+            dkim_verdict = await self._dkim(ctx, groups)
+            return [dkim_verdict] if dkim_verdict is not None else []
         try:
             the_plan = await asyncio.to_thread(
-                protect.plan, self.keys, policy,
-                sender if sender and self._is_local(sender) else None,
-                first_header(headers, b"subject"), ctx.recipients,
-            )  # fmt: skip
+                protect.plan, self.keys, policy, local_sender, subject, ctx.recipients
+            )
             if not the_plan.changes_nothing:
                 message = await asyncio.to_thread(ctx.body.read)
                 applied = await asyncio.to_thread(
