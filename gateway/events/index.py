@@ -46,10 +46,13 @@ __all__ = [
 INDEX_DIR = "index"
 _MAGIC = b"MGIDX01\n"
 # magic, gz, wide postings, tail_crc, size, mtime_ns, inode, indexed_len,
-# n_blocks, n_keys, n_postings, body_crc, header_crc (over everything before it)
+# n_blocks, n_keys, n_overflow, body_crc, header_crc (over everything before it)
 _HEADER = struct.Struct("<8sBB2xIQQQQIIII")
 _HEADER_CRC = struct.Struct("<I")
 _HEADER_SIZE = 80  # _HEADER + its CRC, padded to 8 so the arrays after it stay aligned
+_BUCKET_BITS = 12  # + the 32 stored bits: 44 bits tell keys apart, collisions cost only time
+_BUCKETS = 1 << _BUCKET_BITS
+_SPILL = 0x80000000  # a value with this bit points into the overflow array
 _TAIL = 4096  # bytes before indexed_len whose CRC proves an appended file kept its prefix
 
 
@@ -100,6 +103,11 @@ def record_keys(record: dict[str, Any]) -> set[str]:
         for value in _strings(record.get(field)):
             keys.add("q\0" + value.strip())
     return keys
+
+
+def _slot(digest: int) -> tuple[int, int]:
+    """Where a key's hash goes: its top bits pick a bucket, its low 32 bits are stored."""
+    return digest >> (64 - _BUCKET_BITS), digest & 0xFFFFFFFF
 
 
 def key_hash(key: str) -> int:
@@ -173,28 +181,37 @@ def build_day(day_file: Path) -> bytes:
                     postings[key] = [number]
                 elif found[-1] != number:
                     found.append(number)
-    by_hash: dict[int, list[int]] = {}
+    by_slot: dict[tuple[int, int], list[int]] = {}
     for key, blocks in postings.items():
-        digest = key_hash(key)
-        if digest in by_hash:  # two keys, one hash: keep both lists, the check sorts it out
-            by_hash[digest] = sorted(set(by_hash[digest]) | set(blocks))
+        slot = _slot(key_hash(key))
+        if slot in by_slot:  # two keys, one slot: keep both lists, the check sorts it out
+            by_slot[slot] = sorted(set(by_slot[slot]) | set(blocks))
         else:
-            by_hash[digest] = blocks
-    hashes = sorted(by_hash)
+            by_slot[slot] = blocks
+    slots = sorted(by_slot)
     wide = len(offsets) > 0xFFFF
-    post = array("I" if wide else "H")
-    starts = array("I", [0])
-    for digest in hashes:
-        post.extend(by_hash[digest])
-        starts.append(len(post))
+    buckets = array("I", bytes(4 * (_BUCKETS + 1)))
+    lows, values, overflow = array("I"), array("I"), array("I" if wide else "H")
+    for bucket, low in slots:
+        buckets[bucket + 1] += 1
+        lows.append(low)
+        blocks = by_slot[(bucket, low)]
+        if len(blocks) == 1:
+            values.append(blocks[0])
+        else:  # several blocks: [count, block...] in the overflow array
+            values.append(_SPILL | len(overflow))
+            overflow.append(len(blocks))
+            overflow.extend(blocks)
+    for bucket in range(_BUCKETS):
+        buckets[bucket + 1] += buckets[bucket]
     body = b"".join(
-        (array("Q", offsets).tobytes(), array("Q", hashes).tobytes(), starts.tobytes(),
-         post.tobytes())
+        (array("Q", offsets).tobytes(), buckets.tobytes(), lows.tobytes(), values.tobytes(),
+         overflow.tobytes())
     )  # fmt: skip
     tail = data[max(0, indexed_len - _TAIL) : indexed_len]
     header = _HEADER.pack(
         _MAGIC, gz, wide, zlib.crc32(tail), len(data), status.st_mtime_ns, status.st_ino,
-        indexed_len, len(offsets) - 1, len(hashes), len(post), zlib.crc32(body),
+        indexed_len, len(offsets) - 1, len(slots), len(overflow), zlib.crc32(body),
     )  # fmt: skip
     header += _HEADER_CRC.pack(zlib.crc32(header))
     return header.ljust(_HEADER_SIZE, b"\0") + body
@@ -237,12 +254,14 @@ class DayIndex:
         pos = _HEADER_SIZE
         self.offsets = view[pos : pos + 8 * (n_blocks + 1)].cast("Q")
         pos += 8 * (n_blocks + 1)
-        self.hashes = view[pos : pos + 8 * n_keys].cast("Q")
-        pos += 8 * n_keys
-        self.starts = view[pos : pos + 4 * (n_keys + 1)].cast("I")
-        pos += 4 * (n_keys + 1)
+        self.buckets = view[pos : pos + 4 * (_BUCKETS + 1)].cast("I")
+        pos += 4 * (_BUCKETS + 1)
+        self.lows = view[pos : pos + 4 * n_keys].cast("I")
+        pos += 4 * n_keys
+        self.values = view[pos : pos + 4 * n_keys].cast("I")
+        pos += 4 * n_keys
         width = 4 if wide else 2
-        self.postings = view[pos : pos + width * n_post].cast("I" if wide else "H")
+        self.overflow = view[pos : pos + width * n_post].cast("I" if wide else "H")
         self._body = view[_HEADER_SIZE:]
 
     @classmethod
@@ -262,7 +281,7 @@ class DayIndex:
                 raise ValueError("header")
             n_blocks, n_keys, n_post = fields[8], fields[9], fields[10]
             width = 4 if fields[2] else 2
-            expected = _HEADER_SIZE + 8 * (n_blocks + 1) + 8 * n_keys + 4 * (n_keys + 1)
+            expected = _HEADER_SIZE + 8 * (n_blocks + 1) + 4 * (_BUCKETS + 1) + 8 * n_keys
             if len(buffer) != expected + width * n_post:
                 raise ValueError("length")
             index = cls(buffer, fields)
@@ -304,13 +323,18 @@ class DayIndex:
     def blocks(self, keys: Iterable[str]) -> list[int]:
         """Sorted block numbers that may hold an event carrying any of ``keys``."""
         found: set[int] = set()
-        hashes, count = self.hashes, len(self.hashes)
         for key in keys:
-            digest = key_hash(key)
-            at = bisect_left(hashes, digest)
-            if at < count and hashes[at] == digest:
-                found.update(self.postings[self.starts[at] : self.starts[at + 1]])
-        return sorted(found)
+            bucket, low = _slot(key_hash(key))
+            begin, end = self.buckets[bucket], self.buckets[bucket + 1]
+            at = bisect_left(self.lows, low, begin, end)
+            if at < end and self.lows[at] == low:
+                value = self.values[at]
+                if value & _SPILL:
+                    start = value & ~_SPILL
+                    found.update(self.overflow[start + 1 : start + 1 + self.overflow[start]])
+                else:
+                    found.add(value)
+        return sorted(v for v in found if v < len(self.offsets) - 1)
 
     def read_blocks(self, day_file: Path, numbers: list[int]) -> Iterator[bytes]:
         """The text of the given blocks, read (and inflated) one by one."""
@@ -324,7 +348,7 @@ class DayIndex:
                 yield blockgz.inflate(raw) if self.gz else raw
 
     def close(self) -> None:
-        for view in (self.offsets, self.hashes, self.starts, self.postings, self._body):
+        for view in (self.offsets, self.buckets, self.lows, self.values, self.overflow, self._body):
             view.release()
         self._buffer.close()
 
