@@ -33,15 +33,74 @@ from pathlib import Path
 
 from gateway.events import blockgz
 
-FAMILY = ["nguyen", "tran", "le", "pham", "hoang", "huynh", "phan", "vu", "vo", "dang", "bui",
-          "do", "ho", "ngo", "duong", "ly"]  # fmt: skip
-GIVEN = ["an", "binh", "chi", "dung", "giang", "ha", "hai", "hanh", "hung", "huong", "khanh",
-         "lan", "linh", "long", "mai", "minh", "nam", "ngoc", "phuong", "quang", "son", "tam",
-         "thanh", "thao", "trang", "tuan", "van", "viet", "yen", "bao", "cuong", "duc"]  # fmt: skip
+FAMILY = [
+    "nguyen",
+    "tran",
+    "le",
+    "pham",
+    "hoang",
+    "huynh",
+    "phan",
+    "vu",
+    "vo",
+    "dang",
+    "bui",
+    "do",
+    "ho",
+    "ngo",
+    "duong",
+    "ly",
+]
+GIVEN = [
+    "an",
+    "binh",
+    "chi",
+    "dung",
+    "giang",
+    "ha",
+    "hai",
+    "hanh",
+    "hung",
+    "huong",
+    "khanh",
+    "lan",
+    "linh",
+    "long",
+    "mai",
+    "minh",
+    "nam",
+    "ngoc",
+    "phuong",
+    "quang",
+    "son",
+    "tam",
+    "thanh",
+    "thao",
+    "trang",
+    "tuan",
+    "van",
+    "viet",
+    "yen",
+    "bao",
+    "cuong",
+    "duc",
+]
 DOMAIN = "mof.gov.vn"
-PEERS = ["mpi.gov.vn", "moit.gov.vn", "sbv.gov.vn", "customs.gov.vn", "gdt.gov.vn",
-         "hanoi.gov.vn", "hochiminhcity.gov.vn", "vnpt.vn", "viettel.com.vn", "fpt.com.vn",
-         "gmail.com", "yahoo.com", "outlook.com"]  # fmt: skip
+PEERS = [
+    "mpi.gov.vn",
+    "moit.gov.vn",
+    "sbv.gov.vn",
+    "customs.gov.vn",
+    "gdt.gov.vn",
+    "hanoi.gov.vn",
+    "hochiminhcity.gov.vn",
+    "vnpt.vn",
+    "viettel.com.vn",
+    "fpt.com.vn",
+    "gmail.com",
+    "yahoo.com",
+    "outlook.com",
+]
 FREEMAIL = {"gmail.com", "yahoo.com", "outlook.com"}
 LMTP = "lmtp:unix:/run/dovecot/lmtp"
 SMARTHOST = "smtp://10.0.0.6:25"
@@ -73,17 +132,18 @@ def make_world(seed: int, mailboxes: int) -> World:
             candidate = f"{local}{n}"
         taken.add(candidate)
         names.append(f"{candidate}@{DOMAIN}")
-    clients = {m: f"10.{rng.randrange(1, 40)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
-               for m in names}  # fmt: skip
-    groups = {
-        f"phong{i:02d}@{DOMAIN}": rng.sample(names, rng.randrange(3, 25)) for i in range(60)
+    clients = {
+        m: f"10.{rng.randrange(1, 40)}.{rng.randrange(256)}.{rng.randrange(1, 255)}" for m in names
     }
+    groups = {f"phong{i:02d}@{DOMAIN}": rng.sample(names, rng.randrange(3, 25)) for i in range(60)}
     externals = [
         f"{rng.choice(GIVEN)}.{rng.choice(FAMILY)}{rng.randrange(100)}@{rng.choice(PEERS)}"
         for _ in range(mailboxes * 4)
     ]
-    mtas = [f"{rng.randrange(1, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
-            for _ in range(400)]  # fmt: skip
+    mtas = [
+        f"{rng.randrange(1, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        for _ in range(400)
+    ]
     return World(names, clients, groups, externals, mtas)
 
 
@@ -128,28 +188,63 @@ def inbound(out: Day, rng: random.Random, world: World, t: float) -> None:
     if rng.random() < 0.08:
         t += 0.2
         unknown = f"{rng.choice(GIVEN)}{rng.randrange(1000)}@{DOMAIN}"
-        out.emit(t, "rcpt_rejected", **common, sender=sender, recipients=[unknown], code=550,
-                 reason="550 5.1.1 Recipient address rejected: user unknown [directory]")  # fmt: skip
+        out.emit(
+            t,
+            "rcpt_rejected",
+            **common,
+            sender=sender,
+            recipients=[unknown],
+            code=550,
+            reason="550 5.1.1 Recipient address rejected: user unknown [directory]",
+        )
     queue_id = _queue_id(rng, t)
     message_id = f"<{_hex(rng, 16)}.{rng.randrange(10**6)}@{sender.rpartition('@')[2]}>"
     size = int(rng.lognormvariate(10, 1.3))
     t += rng.uniform(0.2, 3)
     if rng.random() < 0.03:
-        reason = rng.choice([
-            "550 5.7.1 Attachment type not allowed [attachment_type]: blocked extension: hoa-don.exe",
-            "554 5.7.1 Virus found [clamav]: Win.Trojan.Agent-123 in part 2",
-            "550 5.7.1 Classified content may not be sent by e-mail [classification]:"
-            " TỐI MẬT stamp in attachment bao-cao.docx",
-        ])  # fmt: skip
-        out.emit(t, "message_rejected", **common, queue_id=queue_id, message_id=message_id,
-                 sender=sender, recipients=recipients, size=size, code=int(reason[:3]),
-                 reason=reason)  # fmt: skip
+        reason = rng.choice(
+            [
+                "550 5.7.1 Attachment type not allowed [attachment_type]:"
+                " blocked extension: hoa-don.exe",
+                "554 5.7.1 Virus found [clamav]: Win.Trojan.Agent-123 in part 2",
+                "550 5.7.1 Classified content may not be sent by e-mail [classification]:"
+                " TỐI MẬT stamp in attachment bao-cao.docx",
+            ]
+        )
+        out.emit(
+            t,
+            "message_rejected",
+            **common,
+            queue_id=queue_id,
+            message_id=message_id,
+            sender=sender,
+            recipients=recipients,
+            size=size,
+            code=int(reason[:3]),
+            reason=reason,
+        )
     else:
-        out.emit(t, "delivered", queue_id=queue_id, message_id=message_id, sender=sender,
-                 recipients=recipients, next_hop=LMTP, code=250)  # fmt: skip
-        out.emit(t + 0.001, "message_accepted", **common, queue_id=queue_id,
-                 message_id=message_id, sender=sender, recipients=recipients, size=size,
-                 code=250)  # fmt: skip
+        out.emit(
+            t,
+            "delivered",
+            queue_id=queue_id,
+            message_id=message_id,
+            sender=sender,
+            recipients=recipients,
+            next_hop=LMTP,
+            code=250,
+        )
+        out.emit(
+            t + 0.001,
+            "message_accepted",
+            **common,
+            queue_id=queue_id,
+            message_id=message_id,
+            sender=sender,
+            recipients=recipients,
+            size=size,
+            code=250,
+        )
     out.emit(t + rng.uniform(0.01, 2), "session_end", **common)
 
 
@@ -159,13 +254,25 @@ def submission(out: Day, rng: random.Random, world: World, t: float, late: bool 
     common = {"session": session, "listener": "submission", "client": client}
     out.emit(t, "session_start", **common, tls=True)
     if rng.random() < 0.02:
-        out.emit(t + 0.1, "auth_failure", **common, user=user, code=535,
-                 reason="535 5.7.8 Authentication credentials invalid [auth]")  # fmt: skip
+        out.emit(
+            t + 0.1,
+            "auth_failure",
+            **common,
+            user=user,
+            code=535,
+            reason="535 5.7.8 Authentication credentials invalid [auth]",
+        )
         out.emit(t + 0.2, "session_end", **common)
         return
     t += 0.05
-    out.emit(t, "auth_success", **common, user=user, mechanism="PLAIN",
-             cache="hit" if rng.random() < 0.9 else "miss")  # fmt: skip
+    out.emit(
+        t,
+        "auth_success",
+        **common,
+        user=user,
+        mechanism="PLAIN",
+        cache="hit" if rng.random() < 0.9 else "miss",
+    )
     common["user"] = user
     recipients: list[str] = []
     for _ in range(rng.choice((1, 1, 1, 2, 2, 3, 5))):
@@ -183,13 +290,29 @@ def submission(out: Day, rng: random.Random, world: World, t: float, late: bool 
     t += rng.uniform(0.3, 5)
     ids = {"queue_id": queue_id, "message_id": message_id}
     if rng.random() < 0.02:
-        reason = ("451 4.7.1 Sending rate limit exceeded, try again later [rate_limit]:"
-                  " more than 300 messages in an hour") if rng.random() < 0.3 else (
-                  "550 5.7.1 Classified content may not be sent by e-mail [classification]:"
-                  " MẬT marking in the subject")  # fmt: skip
+        reason = (
+            (
+                "451 4.7.1 Sending rate limit exceeded, try again later [rate_limit]:"
+                " more than 300 messages in an hour"
+            )
+            if rng.random() < 0.3
+            else (
+                "550 5.7.1 Classified content may not be sent by e-mail [classification]:"
+                " MẬT marking in the subject"
+            )
+        )
         event = "message_tempfailed" if reason.startswith("4") else "message_rejected"
-        out.emit(t, event, **common, **ids, sender=user, recipients=recipients, size=size,
-                 code=int(reason[:3]), reason=reason)  # fmt: skip
+        out.emit(
+            t,
+            event,
+            **common,
+            **ids,
+            sender=user,
+            recipients=recipients,
+            size=size,
+            code=int(reason[:3]),
+            reason=reason,
+        )
         out.emit(t + 0.5, "session_end", **common)
         return
     final: list[str] = []
@@ -197,9 +320,17 @@ def submission(out: Day, rng: random.Random, world: World, t: float, late: bool 
     for rcpt in recipients:
         if rcpt in world.groups:
             members = world.groups[rcpt]
-            out.emit(t, "group_expanded", session=session, **ids, sender=user, group=rcpt,
-                     recipients=members, members=len(members),
-                     reason=f"[groups] {rcpt} delivered to {len(members)} member(s)")  # fmt: skip
+            out.emit(
+                t,
+                "group_expanded",
+                session=session,
+                **ids,
+                sender=user,
+                group=rcpt,
+                recipients=members,
+                members=len(members),
+                reason=f"[groups] {rcpt} delivered to {len(members)} member(s)",
+            )
             final += members
             plan.update((m, rcpt) for m in members)
         else:
@@ -208,8 +339,13 @@ def submission(out: Day, rng: random.Random, world: World, t: float, late: bool 
     final = list(dict.fromkeys(final))
     free = sorted({r.rpartition("@")[2] for r in final} & FREEMAIL)
     if free:
-        out.emit(t, "message_transformed", session=session, **ids,
-                 reason=f"[freemail] free webmail: recipient at {free[0]}")  # fmt: skip
+        out.emit(
+            t,
+            "message_transformed",
+            session=session,
+            **ids,
+            reason=f"[freemail] free webmail: recipient at {free[0]}",
+        )
     local = [r for r in final if r.endswith("@" + DOMAIN)]
     remote = [r for r in final if not r.endswith("@" + DOMAIN)]
     t += 0.2
@@ -220,51 +356,130 @@ def submission(out: Day, rng: random.Random, world: World, t: float, late: bool 
         fate = rng.random()
         if late or fate < 0.05:
             deferred = remote
-            out.emit(t, "deferred", **ids, sender=user, recipients=remote, next_hop=SMARTHOST,
-                     code=451, reason="451 4.4.1 smtp://10.0.0.6:25: connection timed out",
-                     tls="none: not connected")  # fmt: skip
+            out.emit(
+                t,
+                "deferred",
+                **ids,
+                sender=user,
+                recipients=remote,
+                next_hop=SMARTHOST,
+                code=451,
+                reason="451 4.4.1 smtp://10.0.0.6:25: connection timed out",
+                tls="none: not connected",
+            )
         else:
-            out.emit(t, "delivered", **ids, sender=user, recipients=remote, next_hop=SMARTHOST,
-                     code=250, tls="TLSv1.3 verified")  # fmt: skip
+            out.emit(
+                t,
+                "delivered",
+                **ids,
+                sender=user,
+                recipients=remote,
+                next_hop=SMARTHOST,
+                code=250,
+                tls="TLSv1.3 verified",
+            )
     if local or not deferred:
-        out.emit(t + 0.001, "message_accepted", **common, **ids, sender=user,
-                 recipients=recipients, delivery_plan=plan if len(plan) > len(recipients)
-                 else None, size=size, code=250)  # fmt: skip
+        out.emit(
+            t + 0.001,
+            "message_accepted",
+            **common,
+            **ids,
+            sender=user,
+            recipients=recipients,
+            delivery_plan=plan if len(plan) > len(recipients) else None,
+            size=size,
+            code=250,
+        )
     else:
-        out.emit(t + 0.001, "message_accepted", **common, **ids, sender=user,
-                 recipients=recipients, size=size, code=250)  # fmt: skip
+        out.emit(
+            t + 0.001,
+            "message_accepted",
+            **common,
+            **ids,
+            sender=user,
+            recipients=recipients,
+            size=size,
+            code=250,
+        )
     out.emit(t + rng.uniform(0.05, 3), "session_end", **common)
     if deferred:
         retry(out, rng, t, user, ids, deferred)
 
 
-def retry(out: Day, rng: random.Random, t: float, user: str, ids: dict[str, str],
-          pending: list[str]) -> None:  # fmt: skip
+def retry(
+    out: Day, rng: random.Random, t: float, user: str, ids: dict[str, str], pending: list[str]
+) -> None:
     """The spool's life for deferred recipients: retries, then delivery or a bounce."""
     delay = 60.0
     for attempt in range(2, 7):
         next_at = t + delay
-        out.emit(t + 0.01, "retry_scheduled", **ids, recipients=pending, attempt=attempt - 1,
-                 next_attempt=next_at)  # fmt: skip
+        out.emit(
+            t + 0.01,
+            "retry_scheduled",
+            **ids,
+            recipients=pending,
+            attempt=attempt - 1,
+            next_attempt=next_at,
+        )
         t, delay = next_at + rng.uniform(0, 5), delay * rng.uniform(2, 8)
         out.emit(t, "dequeued", queue_id=ids["queue_id"], attempt=attempt - 1)
         if rng.random() < 0.6:
-            out.emit(t + 0.3, "delivered", **ids, sender=user, recipients=pending,
-                     next_hop=SMARTHOST, code=250, tls="TLSv1.2 verified", attempt=attempt)  # fmt: skip
+            out.emit(
+                t + 0.3,
+                "delivered",
+                **ids,
+                sender=user,
+                recipients=pending,
+                next_hop=SMARTHOST,
+                code=250,
+                tls="TLSv1.2 verified",
+                attempt=attempt,
+            )
             return
         if rng.random() < 0.2:
-            reply = "550 5.1.1 <{0}>: Recipient address rejected: User unknown".format(pending[0])
-            out.emit(t + 0.3, "delivery_failed", **ids, sender=user, recipients=pending,
-                     next_hop=SMARTHOST, code=550, reason=reply, attempt=attempt)  # fmt: skip
+            reply = f"550 5.1.1 <{pending[0]}>: Recipient address rejected: User unknown"
+            out.emit(
+                t + 0.3,
+                "delivery_failed",
+                **ids,
+                sender=user,
+                recipients=pending,
+                next_hop=SMARTHOST,
+                code=550,
+                reason=reply,
+                attempt=attempt,
+            )
             dsn = _queue_id(rng, t)
-            out.emit(t + 0.4, "bounced", queue_id=ids["queue_id"], sender=user,
-                     recipients=pending, reason=f"{pending[0]}: {reply}", dsn_queue_id=dsn)  # fmt: skip
-            out.emit(t + 1, "delivered", queue_id=dsn, sender="", recipients=[user],
-                     next_hop=LMTP, code=250)  # fmt: skip
+            out.emit(
+                t + 0.4,
+                "bounced",
+                queue_id=ids["queue_id"],
+                sender=user,
+                recipients=pending,
+                reason=f"{pending[0]}: {reply}",
+                dsn_queue_id=dsn,
+            )
+            out.emit(
+                t + 1,
+                "delivered",
+                queue_id=dsn,
+                sender="",
+                recipients=[user],
+                next_hop=LMTP,
+                code=250,
+            )
             return
-        out.emit(t + 0.3, "deferred", **ids, sender=user, recipients=pending,
-                 next_hop=SMARTHOST, code=421, reason="421 4.7.0 Try again later",
-                 attempt=attempt)  # fmt: skip
+        out.emit(
+            t + 0.3,
+            "deferred",
+            **ids,
+            sender=user,
+            recipients=pending,
+            next_hop=SMARTHOST,
+            code=421,
+            reason="421 4.7.0 Try again later",
+            attempt=attempt,
+        )
 
 
 def imap(out: Day, rng: random.Random, world: World, t: float) -> None:
@@ -272,14 +487,27 @@ def imap(out: Day, rng: random.Random, world: World, t: float) -> None:
     common = {"session": _hex(rng, 12), "listener": "imap", "client": world.clients[user]}
     out.emit(t, "session_start", **common)
     if rng.random() < 0.03:
-        out.emit(t + 0.1, "auth_failure", **common, user=user, mechanism="LOGIN", code=535,
-                 reason="Authentication credentials invalid [auth]")  # fmt: skip
+        out.emit(
+            t + 0.1,
+            "auth_failure",
+            **common,
+            user=user,
+            mechanism="LOGIN",
+            code=535,
+            reason="Authentication credentials invalid [auth]",
+        )
     else:
         out.emit(t + 0.1, "auth_success", **common, user=user, mechanism="LOGIN", cache="hit")
     duration = rng.uniform(1, 3600)
-    out.emit(t + duration, "session_end", **common, reason="client logged out",
-             bytes_from_client=rng.randrange(200, 20000),
-             bytes_to_client=rng.randrange(1000, 5_000_000), duration_s=round(duration, 1))  # fmt: skip
+    out.emit(
+        t + duration,
+        "session_end",
+        **common,
+        reason="client logged out",
+        bytes_from_client=rng.randrange(200, 20000),
+        bytes_to_client=rng.randrange(1000, 5_000_000),
+        duration_s=round(duration, 1),
+    )
 
 
 def _flow_count(day: date, per_day: float) -> int:
@@ -350,9 +578,16 @@ def generate(
     per_day = events / weight
     gz_style = "stream" if single_stream else "blocks"
     jobs = [
-        (seed, d.isoformat(), mailboxes, per_day, str(folder), "plain" if d == last_day else gz_style)
+        (
+            seed,
+            d.isoformat(),
+            mailboxes,
+            per_day,
+            str(folder),
+            "plain" if d == last_day else gz_style,
+        )
         for d in day_list
-    ]  # fmt: skip
+    ]
     total = 0
     with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
         for _, count in pool.map(_write_day, jobs):
@@ -369,12 +604,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--last-day", type=date.fromisoformat, default=date(2026, 11, 30))
-    parser.add_argument("--single-stream", action="store_true",
-                        help="compress old days as one gzip stream, not in members")  # fmt: skip
+    parser.add_argument(
+        "--single-stream",
+        action="store_true",
+        help="compress old days as one gzip stream, not in members",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    total = generate(args.folder, args.days, args.events, args.mailboxes, args.seed,
-                     args.workers, args.last_day, args.single_stream)  # fmt: skip
+    total = generate(
+        args.folder,
+        args.days,
+        args.events,
+        args.mailboxes,
+        args.seed,
+        args.workers,
+        args.last_day,
+        args.single_stream,
+    )
     elapsed = time.perf_counter() - started
     print(f"generated {total} events in {args.days} day files in {elapsed:.1f} s -> {args.folder}")
     return 0

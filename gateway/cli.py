@@ -13,15 +13,15 @@ Where each command lives (this module parses; the work is done where named):
   directory database ``serve`` needs.
 - ``mailbox``, ``group``, ``unit``, ``address``, ``directory``, ``report``: one function
   each in ``gateway.admin`` (which also declares their arguments).
-- ``logs search``: :func:`cmd_logs_search` -> ``gateway.events.search``.
-- ``maintenance``: :func:`cmd_maintenance` -> ``gateway.directory.lifecycle`` and
-  ``gateway.events.search.purge``.
+- ``logs search``, ``logs trace``: ``gateway.logs_cli`` (also reached without this module
+  through ``gateway.entry``, the console script) -> ``gateway.events.search``, ``.trace``.
+- ``maintenance``: :func:`cmd_maintenance` -> ``gateway.directory.lifecycle``,
+  ``gateway.events.search.purge`` and ``gateway.events.index.update``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tomllib
@@ -48,8 +48,8 @@ from gateway.directory.mailboxes import (
     database_path,
 )
 from gateway.directory.passwords import measure_cost, meets_owasp, meets_rfc9106
-from gateway.events.names import KNOWN_EVENTS
-from gateway.events.search import Query, format_event, parse_time, purge, search
+from gateway.events.search import parse_time, purge
+from gateway.logs_cli import LogsError, add_logs_commands
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -210,36 +210,6 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_logs_search(args: argparse.Namespace) -> int:
-    config = _config(args)
-    try:
-        query = Query(
-            since=parse_time(args.since) if args.since else None,
-            until=parse_time(args.until, end_of_day=True) if args.until else None,
-            sender=args.sender,
-            recipient=args.recipient,
-            message_id=args.message_id,
-            event=args.event,
-        )
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
-    found = False
-    for record in search(config.log.dir, query):
-        found = True
-        line = json.dumps(record, ensure_ascii=False) if args.json else format_event(record)
-        print(line)
-    if not found and args.event is not None and args.event not in KNOWN_EVENTS:
-        # A typo must not look like "it never happened". Names the gateway does not know
-        # are still searched: events imported from elsewhere may carry them.
-        print(
-            f"mailgate: no event is named {args.event!r}; known events:"
-            f" {', '.join(sorted(KNOWN_EVENTS))}",
-            file=sys.stderr,
-        )
-        return 2
-    return 0
-
-
 def _run_admin(args: argparse.Namespace) -> int:
     """Only the commands that create the first entries may create the database."""
     try:
@@ -279,7 +249,20 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     finally:
         admin.close()
     print(f"lifecycle: {len(changes)} change(s); log retention: removed {len(removed)} day file(s)")
+    _update_log_index(config)
     return 0
+
+
+def _update_log_index(config: Config) -> None:
+    """Index the day files not yet indexed as they are now (search works without it,
+    only slower), after retention so no deleted day is indexed."""
+    from gateway.events.index import update
+
+    report = update(config.log.dir)
+    print(
+        f"log index: {len(report.built)} day(s) indexed, {report.kept} up to date,"
+        f" {len(report.removed)} removed"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,10 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs = commands.add_parser("logs", help="event log").add_subparsers(
         dest="logs_command", required=True, metavar="ACTION"
     )
-    logs_search = add(logs, "search", cmd_logs_search, "find events")
-    for option in ("--since", "--until", "--sender", "--recipient", "--message-id", "--event"):
-        logs_search.add_argument(option)
-    logs_search.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_logs_commands(logs, add)  # search, trace: gateway/logs_cli.py (gateway.entry's fast path)
 
     maintenance = add(
         commands, "maintenance", cmd_maintenance, "apply lifecycle rules and log retention"
@@ -349,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 141  # 128 + SIGPIPE, as a shell reports a writer killed by the pipe
-    except CommandError as exc:
+    except (CommandError, LogsError) as exc:
         print(f"mailgate: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
