@@ -45,13 +45,12 @@ __all__ = [
 
 INDEX_DIR = "index"
 _MAGIC = b"MGIDX01\n"
-# magic, gz, wide postings, tail_crc, size, mtime_ns, inode, indexed_len,
+# magic, gz, wide postings, bucket bits, tail_crc, size, mtime_ns, inode, indexed_len,
 # n_blocks, n_keys, n_overflow, body_crc, header_crc (over everything before it)
-_HEADER = struct.Struct("<8sBB2xIQQQQIIII")
+_HEADER = struct.Struct("<8sBBBxIQQQQIIII")
 _HEADER_CRC = struct.Struct("<I")
 _HEADER_SIZE = 80  # _HEADER + its CRC, padded to 8 so the arrays after it stay aligned
-_BUCKET_BITS = 12  # + the 32 stored bits: 44 bits tell keys apart, collisions cost only time
-_BUCKETS = 1 << _BUCKET_BITS
+_MAX_BUCKET_BITS = 16  # + the 32 stored bits tell keys apart; collisions cost only time
 _SPILL = 0x80000000  # a value with this bit points into the overflow array
 _TAIL = 4096  # bytes before indexed_len whose CRC proves an appended file kept its prefix
 
@@ -105,9 +104,14 @@ def record_keys(record: dict[str, Any]) -> set[str]:
     return keys
 
 
-def _slot(digest: int) -> tuple[int, int]:
-    """Where a key's hash goes: its top bits pick a bucket, its low 32 bits are stored."""
-    return digest >> (64 - _BUCKET_BITS), digest & 0xFFFFFFFF
+def _slot(digest: int, bits: int) -> tuple[int, int]:
+    """Where a key's hash goes: its top ``bits`` pick a bucket, its low 32 bits are stored."""
+    return (digest >> (64 - bits) if bits else 0), digest & 0xFFFFFFFF
+
+
+def _bucket_bits(keys: int) -> int:
+    """About 16 keys a bucket: the bucket table stays a small part of the index."""
+    return max(0, min(_MAX_BUCKET_BITS, keys.bit_length() - 4))
 
 
 def key_hash(key: str) -> int:
@@ -181,16 +185,17 @@ def build_day(day_file: Path) -> bytes:
                     postings[key] = [number]
                 elif found[-1] != number:
                     found.append(number)
+    bits = _bucket_bits(len(postings))
     by_slot: dict[tuple[int, int], list[int]] = {}
     for key, blocks in postings.items():
-        slot = _slot(key_hash(key))
+        slot = _slot(key_hash(key), bits)
         if slot in by_slot:  # two keys, one slot: keep both lists, the check sorts it out
             by_slot[slot] = sorted(set(by_slot[slot]) | set(blocks))
         else:
             by_slot[slot] = blocks
     slots = sorted(by_slot)
     wide = len(offsets) > 0xFFFF
-    buckets = array("I", bytes(4 * (_BUCKETS + 1)))
+    buckets = array("I", bytes(4 * ((1 << bits) + 1)))
     lows, values, overflow = array("I"), array("I"), array("I" if wide else "H")
     for bucket, low in slots:
         buckets[bucket + 1] += 1
@@ -202,7 +207,7 @@ def build_day(day_file: Path) -> bytes:
             values.append(_SPILL | len(overflow))
             overflow.append(len(blocks))
             overflow.extend(blocks)
-    for bucket in range(_BUCKETS):
+    for bucket in range(1 << bits):
         buckets[bucket + 1] += buckets[bucket]
     body = b"".join(
         (array("Q", offsets).tobytes(), buckets.tobytes(), lows.tobytes(), values.tobytes(),
@@ -210,7 +215,7 @@ def build_day(day_file: Path) -> bytes:
     )  # fmt: skip
     tail = data[max(0, indexed_len - _TAIL) : indexed_len]
     header = _HEADER.pack(
-        _MAGIC, gz, wide, zlib.crc32(tail), len(data), status.st_mtime_ns, status.st_ino,
+        _MAGIC, gz, wide, bits, zlib.crc32(tail), len(data), status.st_mtime_ns, status.st_ino,
         indexed_len, len(offsets) - 1, len(slots), len(overflow), zlib.crc32(body),
     )  # fmt: skip
     header += _HEADER_CRC.pack(zlib.crc32(header))
@@ -248,14 +253,14 @@ class DayIndex:
 
     def __init__(self, buffer: mmap.mmap, fields: tuple[Any, ...]) -> None:
         self._buffer = buffer
-        (_, self.gz, wide, self.tail_crc, self.size, self.mtime_ns, self.inode,
+        (_, self.gz, wide, self.bits, self.tail_crc, self.size, self.mtime_ns, self.inode,
          self.indexed_len, n_blocks, n_keys, n_post, self.body_crc) = fields  # fmt: skip
         view = memoryview(buffer)
         pos = _HEADER_SIZE
         self.offsets = view[pos : pos + 8 * (n_blocks + 1)].cast("Q")
         pos += 8 * (n_blocks + 1)
-        self.buckets = view[pos : pos + 4 * (_BUCKETS + 1)].cast("I")
-        pos += 4 * (_BUCKETS + 1)
+        self.buckets = view[pos : pos + 4 * ((1 << self.bits) + 1)].cast("I")
+        pos += 4 * ((1 << self.bits) + 1)
         self.lows = view[pos : pos + 4 * n_keys].cast("I")
         pos += 4 * n_keys
         self.values = view[pos : pos + 4 * n_keys].cast("I")
@@ -279,18 +284,21 @@ class DayIndex:
             (crc,) = _HEADER_CRC.unpack_from(buffer, _HEADER.size)
             if fields[0] != _MAGIC or crc != zlib.crc32(buffer[: _HEADER.size]):
                 raise ValueError("header")
-            n_blocks, n_keys, n_post = fields[8], fields[9], fields[10]
+            n_blocks, n_keys, n_post = fields[9], fields[10], fields[11]
             width = 4 if fields[2] else 2
-            expected = _HEADER_SIZE + 8 * (n_blocks + 1) + 4 * (_BUCKETS + 1) + 8 * n_keys
+            if fields[3] > _MAX_BUCKET_BITS:
+                raise ValueError("bucket bits")
+            expected = _HEADER_SIZE + 8 * (n_blocks + 1) + 4 * ((1 << fields[3]) + 1) + 8 * n_keys
             if len(buffer) != expected + width * n_post:
                 raise ValueError("length")
             index = cls(buffer, fields)
-            if verify and zlib.crc32(index._body) != index.body_crc:
-                raise ValueError("body")
-            return index
         except (ValueError, TypeError, struct.error):
             buffer.close()
             return None
+        if verify and zlib.crc32(index._body) != index.body_crc:
+            index.close()
+            return None
+        return index
 
     def coverage(self, day_file: Path) -> Coverage | None:
         """How much of ``day_file`` (as it is now) this index covers; None if it is stale.
@@ -324,7 +332,7 @@ class DayIndex:
         """Sorted block numbers that may hold an event carrying any of ``keys``."""
         found: set[int] = set()
         for key in keys:
-            bucket, low = _slot(key_hash(key))
+            bucket, low = _slot(key_hash(key), self.bits)
             begin, end = self.buckets[bucket], self.buckets[bucket + 1]
             at = bisect_left(self.lows, low, begin, end)
             if at < end and self.lows[at] == low:
