@@ -79,7 +79,7 @@ def cmd_logs_search(args: argparse.Namespace) -> int:
     if args.json:
         for record in search(log_dir(args), query, progress):
             found = True
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
     else:
         from gateway.events.table import header, row
 
@@ -109,7 +109,7 @@ def cmd_logs_trace(args: argparse.Namespace) -> int:
         raise LogsError(f"no event names message {args.message_id!r}")
     if args.json:
         for record in records:
-            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
     else:
         for line in story(args.message_id, records):
             sys.stdout.write(line + "\n")
