@@ -166,3 +166,27 @@ def test_fast_path_skips_the_directory_and_the_authenticator(config: Path) -> No
 def test_stored_json_round_trips(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, out, _ = run(entry.main, config, "logs", "search", "--json", capsys=capsys)
     assert [json.loads(line) for line in out.splitlines()] == [json.loads(x) for x in LINES]
+
+
+def test_config_validated_in_full_once_per_content(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.config
+
+    (config.parent / "var" / "log" / "index").mkdir()
+    assert run(entry.main, config, "logs", "search", "--session", "s1", capsys=capsys)[0] == 0
+    calls: list[Path] = []
+    real = gateway.config.load_config
+
+    def counting(path: Path) -> object:
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(gateway.config, "load_config", counting)
+    assert run(entry.main, config, "logs", "search", "--session", "s1", capsys=capsys)[0] == 0
+    assert calls == []  # same bytes: only [log] dir was read
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace("[smtp]\n", '[smtp]\ntls_cert = "a\\u0000b"\n'), "utf-8")
+    status, _, err = run(entry.main, config, "logs", "search", "--session", "s1", capsys=capsys)
+    assert status == 1 and "smtp.tls_cert: contains a NUL character" in err
+    assert len(calls) == 1
