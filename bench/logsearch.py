@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--no-zgrep", action="store_true")
+    parser.add_argument("--skip-build", action="store_true", help="keep the existing index")
     args = parser.parse_args(argv)
     log_dir = args.folder.resolve()
     print(f"machine: {os.cpu_count()} cores, {load()}")
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     # An installed package ships compiled bytecode; this repo's venv may not have written it.
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "gateway")], check=True)
 
-    shutil.rmtree(log_dir / INDEX_DIR, ignore_errors=True)
+    if not args.skip_build:
+        shutil.rmtree(log_dir / INDEX_DIR, ignore_errors=True)
     started = time.perf_counter()
     report = update(log_dir, workers=args.workers)
     build = time.perf_counter() - started
@@ -124,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     plain_bytes = sum(p.stat().st_size for _, p in days if not p.name.endswith(".gz"))
     idx_gz = sum(index_path(log_dir, p).stat().st_size for p in gz)
     idx_all = sum(p.stat().st_size for p in (log_dir / INDEX_DIR).glob("*.idx"))
-    print(f"index build: {len(report.built)} days in {build:.1f} s ({load()})")
+    what = "index update (--skip-build)" if args.skip_build else "index build"
+    print(f"{what}: {len(report.built)} days built, {report.kept} kept, in {build:.1f} s"
+          f" ({load()})")  # fmt: skip
     print(f"sizes: compressed days {gz_bytes / 2**20:.1f} MiB ({len(gz)} days),"
           f" their index {idx_gz / 2**20:.1f} MiB = {100 * idx_gz / gz_bytes:.1f} %;"
           f" today's plain file {plain_bytes / 2**20:.1f} MiB ({events} events);"

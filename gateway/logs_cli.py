@@ -172,11 +172,23 @@ def cmd_logs_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs_index(args: argparse.Namespace) -> int:
+    """Bring the log index up to date now (``maintenance`` does it too, with the rest)."""
+    from gateway.events.index import update
+
+    report = update(log_dir(args))
+    print(
+        f"log index: {len(report.built)} day(s) indexed, {report.kept} up to date,"
+        f" {len(report.removed)} removed"
+    )
+    return 0
+
+
 def add_logs_commands(
     logs: argparse._SubParsersAction,
     add: Callable[[argparse._SubParsersAction, str, Callable, str], argparse.ArgumentParser],
 ) -> None:
-    """Declare ``logs search`` and ``logs trace`` (used by gateway.cli and gateway.entry)."""
+    """Declare ``logs search``, ``trace`` and ``index`` (used by gateway.cli and gateway.entry)."""
     search = add(logs, "search", cmd_logs_search, "find events (indexed by id, address, client)")
     for option, meaning in (
         ("--since", "from this time (RFC 3339 with a zone, or a date)"),
@@ -195,6 +207,7 @@ def add_logs_commands(
     trace = add(logs, "trace", cmd_logs_trace, "one message's story in order, across days")
     trace.add_argument("message_id", metavar="MESSAGE-ID")
     trace.add_argument("--json", action="store_true", help="the events, one JSON object per line")
+    add(logs, "index", cmd_logs_index, "index the days not indexed yet (e.g. hourly: today's file)")
 
 
 def main(argv: list[str]) -> int:

@@ -53,23 +53,30 @@ def key_needles(keys: list[str] | frozenset[str]) -> list[bytes] | None:
     return _needles([key.partition("\0")[2] for key in keys])
 
 
-# The only characters outside ASCII whose case folding is ASCII (computed over all of
-# Unicode): a record spelling "k" as the Kelvin sign still matches an ASCII query.
-_FOLDS_TO_ASCII = ("\u00df", "\u017f", "\u1e9e", "\u212a", "\ufb00", "\ufb01", "\ufb02",
-                   "\ufb03", "\ufb04", "\ufb05", "\ufb06")  # fmt: skip
+# The only characters outside ASCII whose case folding is ASCII (checked over all of
+# Unicode), by the UTF-8 bytes a line holding one contains: the seven ligatures share
+# their first two bytes, so one look-up covers them. A record spelling "k" as the Kelvin
+# sign must still match an ASCII query.
+_FOLDS_TO_ASCII = {
+    b"\xc3\x9f": "s",  # ß -> ss
+    b"\xc5\xbf": "s",  # ſ -> s
+    b"\xe1\xba\x9e": "s",  # ẞ -> ss
+    b"\xe2\x84\xaa": "k",  # K (Kelvin) -> k
+    b"\xef\xac": "filst",  # U+FB00-FB06: ff fi fl ffi ffl st st
+}
 
 
 def _needles(texts: list[str]) -> list[bytes] | None:
     """What a line must contain to be decoded: the lower-cased texts, a backslash (a JSON
-    escape can spell any character), and each non-ASCII character that folds to letters
-    of the texts. None when a text is not printable ASCII: then every line is decoded."""
+    escape can spell any character), and the bytes of any non-ASCII character that folds
+    to letters of the texts. None when a text is not printable ASCII: decode every line."""
     found: list[bytes] = [b"\\"]
     for text in texts:
         if not text or not text.isascii() or not text.isprintable():
             return None
         folded = text.casefold()
         found.append(folded.encode("ascii"))
-        found += [c.encode() for c in _FOLDS_TO_ASCII if set(c.casefold()) & set(folded)]
+        found += [raw for raw, letters in _FOLDS_TO_ASCII.items() if set(letters) & set(folded)]
     return list(dict.fromkeys(found))
 
 

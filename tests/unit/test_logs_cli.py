@@ -190,3 +190,13 @@ def test_config_validated_in_full_once_per_content(
     status, _, err = run(entry.main, config, "logs", "search", "--session", "s1", capsys=capsys)
     assert status == 1 and "smtp.tls_cert: contains a NUL character" in err
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("main", [entry.main, cli.main], ids=["entry", "cli"])
+def test_logs_index_updates_only_what_changed(
+    main, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = run(main, config, "logs", "index", capsys=capsys)
+    assert (status, out) == (0, "log index: 2 day(s) indexed, 0 up to date, 0 removed\n")
+    status, out, _ = run(main, config, "logs", "index", capsys=capsys)
+    assert (status, out) == (0, "log index: 0 day(s) indexed, 2 up to date, 0 removed\n")
