@@ -17,8 +17,8 @@ from typing import Any
 __all__ = ["REASON_WIDTH", "clean", "fit", "header", "local_zone_name", "row", "width"]
 
 TIME_WIDTH = 19  # 2026-11-25 08:00:00
-EVENT_WIDTH = 18
-WHO_WIDTH = 56
+EVENT_WIDTH = 23  # the longest name the gateway writes (password_change_refused)
+WHO_WIDTH = 52
 CODE_WIDTH = 4
 REASON_WIDTH = 160
 _GAP = "  "
