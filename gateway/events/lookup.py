@@ -11,7 +11,8 @@ which keeps a scan of today's 30 MB file well under a second.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,14 @@ from gateway.events import blockgz
 from gateway.events.index import DayIndex, bare_address, bare_id, index_path
 from gateway.events.search import COMPRESSED_SUFFIX, Query, day_files, decode_line, sort_key
 
-__all__ = ["key_needles", "query_plan", "search_days"]
+__all__ = ["Needles", "key_needles", "query_plan", "search_days"]
+
+_FOLDED_KINDS = "sru"  # sender, recipient, user: addresses, compared case-insensitively
 
 Record = dict[str, Any]
 
 
-def query_plan(query: Query) -> tuple[frozenset[str] | None, list[bytes] | None]:
+def query_plan(query: Query) -> tuple[frozenset[str] | None, Needles | None]:
     """The index key to look up (None: scan) and the needles a matching line must contain.
 
     One key is enough: the most selective one the query names. A domain (``@x.vn``)
@@ -44,13 +47,18 @@ def query_plan(query: Query) -> tuple[frozenset[str] | None, list[bytes] | None]
             return frozenset([key]), key_needles([key])
     for text in (query.sender, query.recipient, query.user, query.reason, query.event):
         if text is not None and text.strip():
-            return None, _needles([text.strip()])
+            return None, _needles([text.strip()], fold=True)
     return None, None
 
 
-def key_needles(keys: list[str] | frozenset[str]) -> list[bytes] | None:
-    """Needles for index keys (``"KIND\\0value"``); None when one cannot be a needle."""
-    return _needles([key.partition("\0")[2] for key in keys])
+def key_needles(keys: list[str] | frozenset[str]) -> Needles | None:
+    """Needles for index keys (``"KIND\\0value"``); None when one cannot be a needle.
+
+    Addresses compare case-insensitively, so their needles are looked for in lower-cased
+    text; ids, sessions and clients compare exactly, so theirs in the text as it is.
+    """
+    fold = any(key[0] in _FOLDED_KINDS for key in keys)
+    return _needles([key.partition("\0")[2] for key in keys], fold=fold)
 
 
 # The only characters outside ASCII whose case folding is ASCII (checked over all of
@@ -66,18 +74,31 @@ _FOLDS_TO_ASCII = {
 }
 
 
-def _needles(texts: list[str]) -> list[bytes] | None:
-    """What a line must contain to be decoded: the lower-cased texts, a backslash (a JSON
-    escape can spell any character), and the bytes of any non-ASCII character that folds
-    to letters of the texts. None when a text is not printable ASCII: decode every line."""
+@dataclass(frozen=True, slots=True)
+class Needles:
+    """Byte strings one of which a line must hold to be decoded; ``fold``: look for them
+    in the lower-cased line (the query compares case-insensitively)."""
+
+    texts: tuple[bytes, ...]
+    fold: bool
+
+
+def _needles(texts: list[str], fold: bool) -> Needles | None:
+    """What a line must contain to be decoded: the texts (lower-cased when ``fold``), a
+    backslash (a JSON escape can spell any character), and when folding the bytes of any
+    non-ASCII character that folds to letters of the texts. None when a text is not
+    printable ASCII: then every line is decoded."""
     found: list[bytes] = [b"\\"]
     for text in texts:
         if not text or not text.isascii() or not text.isprintable():
             return None
+        if not fold:
+            found.append(text.encode("ascii"))
+            continue
         folded = text.casefold()
         found.append(folded.encode("ascii"))
         found += [raw for raw, letters in _FOLDS_TO_ASCII.items() if set(letters) & set(folded)]
-    return list(dict.fromkeys(found))
+    return Needles(tuple(dict.fromkeys(found)), fold)
 
 
 def search_days(
@@ -85,7 +106,7 @@ def search_days(
     first: date | None,
     last: date | None,
     keys: frozenset[str] | None,
-    needles: list[bytes] | None,
+    needles: Needles | None,
     accept: Callable[[Record], bool],
     progress: Callable[[int, int, date], None] | None = None,
 ) -> Iterator[Record]:
@@ -104,7 +125,7 @@ def search_days(
 
 
 def _day_records(
-    log_dir: Path, path: Path, keys: frozenset[str] | None, needles: list[bytes] | None
+    log_dir: Path, path: Path, keys: frozenset[str] | None, needles: Needles | None
 ) -> Iterator[Record]:
     index = DayIndex.open(index_path(log_dir, path)) if keys is not None else None
     coverage = index.coverage(path) if index is not None else None
@@ -125,7 +146,7 @@ def _day_records(
         yield from _scan(path, needles, start=coverage.indexed_len)
 
 
-def _scan(path: Path, needles: list[bytes] | None, start: int = 0) -> Iterator[Record]:
+def _scan(path: Path, needles: Needles | None, start: int = 0) -> Iterator[Record]:
     """Every record of a day (from byte ``start`` of a plain file) that may match."""
     if needles is None and start == 0:
         from gateway.events.search import read_day
@@ -143,22 +164,23 @@ def _scan(path: Path, needles: list[bytes] | None, start: int = 0) -> Iterator[R
     yield from _records(data, needles)
 
 
-def _records(text: bytes, needles: list[bytes] | None) -> Iterator[Record]:
+def _records(text: bytes, needles: Needles | None) -> Iterator[Record]:
     for line in _candidates(text, needles):
         record = decode_line(line)
         if record is not None:
             yield record
 
 
-def _candidates(text: bytes, needles: list[bytes] | None) -> list[bytes]:
+def _candidates(text: bytes, needles: Needles | None) -> list[bytes]:
     """The lines of ``text`` holding a needle (every line when there are none)."""
     if needles is None:
         return text.split(b"\n")
-    lowered = text.lower()  # ASCII only: the needles' other bytes are left as they are
-    if lowered.isascii():  # most blocks: no folding character can be in them
-        needles = [n for n in needles if n.isascii()]
+    lowered = text.lower() if needles.fold else text  # lower(): ASCII letters only
+    wanted: Iterable[bytes] = needles.texts
+    if needles.fold and lowered.isascii():  # most blocks: no folding character in them
+        wanted = [n for n in needles.texts if n.isascii()]
     begins: set[int] = set()
-    for needle in needles:
+    for needle in wanted:
         at = lowered.find(needle)
         while at >= 0:
             begins.add(lowered.rfind(b"\n", 0, at) + 1)

@@ -284,3 +284,19 @@ def test_a_day_replaced_by_one_of_same_size_and_mtime_is_scanned(logs: Path) -> 
     assert path.stat().st_size == status.st_size and path.stat().st_mtime_ns == status.st_mtime_ns
     query = Query(sender=new.decode())
     assert list(search(logs, query)) == brute(logs, query) != []
+
+
+def test_ids_match_exactly_addresses_in_any_case(tmp_path: Path) -> None:
+    day = tmp_path / "events-2026-11-30.jsonl"
+    day.write_text(
+        '{"ts":"2026-11-30T01:00:00Z","event":"x","message_id":"<AbC@x>","sender":"A@X.vn"}\n'
+        '{"ts":"2026-11-30T01:00:01Z","event":"x","message_id":"<\\u0041bC@x>","session":"S1"}\n',
+        encoding="utf-8",
+    )
+    for indexed in (False, True):
+        if indexed:
+            update(tmp_path, workers=1)
+        assert len(list(search(tmp_path, Query(message_id="AbC@x")))) == 2
+        assert list(search(tmp_path, Query(message_id="abc@x"))) == []
+        assert list(search(tmp_path, Query(session="s1"))) == []
+        assert len(list(search(tmp_path, Query(sender="a@x.VN")))) == 1
