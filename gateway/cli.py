@@ -258,7 +258,11 @@ def _update_log_index(config: Config) -> None:
     only slower), after retention so no deleted day is indexed."""
     from gateway.events.index import update
 
-    report = update(config.log.dir)
+    try:
+        report = update(config.log.dir)
+    except OSError as exc:  # e.g. log.dir/index not writable: a cache, not the record
+        print(f"log index: not updated ({_why(exc)}); searches scan the days instead")
+        return
     print(
         f"log index: {len(report.built)} day(s) indexed, {report.kept} up to date,"
         f" {len(report.removed)} removed"

@@ -176,7 +176,10 @@ def cmd_logs_index(args: argparse.Namespace) -> int:
     """Bring the log index up to date now (``maintenance`` does it too, with the rest)."""
     from gateway.events.index import update
 
-    report = update(log_dir(args))
+    try:
+        report = update(log_dir(args))
+    except OSError as exc:
+        raise LogsError(f"cannot update the log index: {type(exc).__name__}: {exc}") from None
     print(
         f"log index: {len(report.built)} day(s) indexed, {report.kept} up to date,"
         f" {len(report.removed)} removed"

@@ -200,3 +200,20 @@ def test_logs_index_updates_only_what_changed(
     assert (status, out) == (0, "log index: 2 day(s) indexed, 0 up to date, 0 removed\n")
     status, out, _ = run(main, config, "logs", "index", capsys=capsys)
     assert (status, out) == (0, "log index: 0 day(s) indexed, 2 up to date, 0 removed\n")
+
+
+def test_an_index_that_cannot_be_written_is_said_not_fatal(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.events import index
+
+    def refused(log_dir: Path, workers: int | None = None) -> None:
+        raise PermissionError(13, "Permission denied", str(log_dir / "index"))
+
+    monkeypatch.setattr(index, "update", refused)
+    assert cli.main(["-c", str(config), "init"]) == 0
+    status, out, _ = run(cli.main, config, "maintenance", "--now", "2026-11-30", capsys=capsys)
+    assert status == 0 and "log index: not updated (PermissionError: " in out
+    status, _, err = run(entry.main, config, "logs", "index", capsys=capsys)
+    assert status == 1 and err.startswith("mailgate: cannot update the log index: Permission")
+    assert run(entry.main, config, "logs", "search", "--session", "s1", capsys=capsys)[0] == 0
