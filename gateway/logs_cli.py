@@ -109,7 +109,7 @@ def _progress() -> Callable[[int, int, date], None] | None:
 
 def cmd_logs_search(args: argparse.Namespace) -> int:
     from gateway.events.names import KNOWN_EVENTS
-    from gateway.events.search import Query, parse_time, search
+    from gateway.events.search import Query, parse_time, search, search_lines
 
     try:
         query = Query(
@@ -132,10 +132,10 @@ def cmd_logs_search(args: argparse.Namespace) -> int:
     progress = _progress() if keys is None else None
     found = False
     out = sys.stdout
-    if args.json:
-        for record in search(log_dir(args), query, progress):
+    if args.json:  # as stored: nothing decoded is encoded again
+        for text in search_lines(log_dir(args), query, progress):
             found = True
-            out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+            out.write(text + "\n")
     else:
         from gateway.events.table import header, row
 

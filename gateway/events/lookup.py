@@ -19,13 +19,21 @@ from typing import Any
 
 from gateway.events import blockgz
 from gateway.events.index import DayIndex, bare_address, bare_id, index_path
-from gateway.events.search import COMPRESSED_SUFFIX, Query, day_files, decode_line, sort_key
+from gateway.events.search import (
+    COMPRESSED_SUFFIX,
+    Query,
+    day_files,
+    decode_json,
+    open_day,
+    sort_key,
+)
 
 __all__ = ["Needles", "key_needles", "query_plan", "search_days"]
 
 _FOLDED_KINDS = "sru"  # sender, recipient, user: addresses, compared case-insensitively
 
 Record = dict[str, Any]
+Hit = tuple[Record, str]  # a record and its JSON text as stored
 
 
 def query_plan(query: Query) -> tuple[frozenset[str] | None, Needles | None]:
@@ -109,8 +117,9 @@ def search_days(
     needles: Needles | None,
     accept: Callable[[Record], bool],
     progress: Callable[[int, int, date], None] | None = None,
-) -> Iterator[Record]:
-    """Records ``accept`` takes, from the days between ``first`` and ``last``, in time order."""
+) -> Iterator[Hit]:
+    """Records ``accept`` takes, with their JSON text, from the days between ``first`` and
+    ``last``, in time order."""
     days = [
         (day, path)
         for day, path in day_files(log_dir)
@@ -119,14 +128,14 @@ def search_days(
     for done, (day, path) in enumerate(days):
         if progress is not None:
             progress(done, len(days), day)
-        found = [r for r in _day_records(log_dir, path, keys, needles) if accept(r)]
-        found.sort(key=sort_key)
+        found = [hit for hit in _day_records(log_dir, path, keys, needles) if accept(hit[0])]
+        found.sort(key=lambda hit: sort_key(hit[0]))
         yield from found
 
 
 def _day_records(
     log_dir: Path, path: Path, keys: frozenset[str] | None, needles: Needles | None
-) -> Iterator[Record]:
+) -> Iterator[Hit]:
     index = DayIndex.open(index_path(log_dir, path)) if keys is not None else None
     coverage = index.coverage(path) if index is not None else None
     if index is None or coverage is None or keys is None:
@@ -146,12 +155,10 @@ def _day_records(
         yield from _scan(path, needles, start=coverage.indexed_len)
 
 
-def _scan(path: Path, needles: Needles | None, start: int = 0) -> Iterator[Record]:
+def _scan(path: Path, needles: Needles | None, start: int = 0) -> Iterator[Hit]:
     """Every record of a day (from byte ``start`` of a plain file) that may match."""
     if needles is None and start == 0:
-        from gateway.events.search import read_day
-
-        yield from read_day(path)
+        yield from _stream(path)
         return
     try:
         with path.open("rb") as handle:
@@ -164,11 +171,28 @@ def _scan(path: Path, needles: Needles | None, start: int = 0) -> Iterator[Recor
     yield from _records(data, needles)
 
 
-def _records(text: bytes, needles: Needles | None) -> Iterator[Record]:
+def _records(text: bytes, needles: Needles | None) -> Iterator[Hit]:
     for line in _candidates(text, needles):
-        record = decode_line(line)
-        if record is not None:
-            yield record
+        hit = decode_json(line)
+        if hit is not None:
+            yield hit
+
+
+def _stream(path: Path) -> Iterator[Hit]:
+    """Every record of a day file, line by line (a whole day need not fit in memory); a
+    truncated ``.gz`` yields what it holds, as ``read_day`` does."""
+    try:
+        handle = open_day(path)
+    except FileNotFoundError:  # purged between listing and reading
+        return
+    with handle:
+        try:
+            for raw in handle:
+                hit = decode_json(raw)
+                if hit is not None:
+                    yield hit
+        except (OSError, EOFError):
+            return
 
 
 def _candidates(text: bytes, needles: Needles | None) -> list[bytes]:

@@ -24,6 +24,7 @@ __all__ = [
     "COMPRESSED_SUFFIX",
     "Query",
     "day_files",
+    "decode_json",
     "decode_line",
     "format_event",
     "open_day",
@@ -31,6 +32,8 @@ __all__ = [
     "purge",
     "read_day",
     "search",
+    "search_hits",
+    "search_lines",
 ]
 
 COMPRESSED_SUFFIX = ".gz"
@@ -102,6 +105,20 @@ def parse_time(text: str, *, end_of_day: bool = False) -> datetime:
 def search(
     log_dir: Path, query: Query, progress: Callable[[int, int, date], None] | None = None
 ) -> Iterator[dict[str, Any]]:
+    """Matching events, oldest first (see :func:`search_hits`)."""
+    return (record for record, _ in search_hits(log_dir, query, progress))
+
+
+def search_lines(
+    log_dir: Path, query: Query, progress: Callable[[int, int, date], None] | None = None
+) -> Iterator[str]:
+    """The JSON text of each matching event as stored in its day file, oldest first."""
+    return (text for _, text in search_hits(log_dir, query, progress))
+
+
+def search_hits(
+    log_dir: Path, query: Query, progress: Callable[[int, int, date], None] | None = None
+) -> Iterator[tuple[dict[str, Any], str]]:
     """Matching events, oldest first, reading only the day files that can hold a match.
 
     A query naming a message id, session, address, user or client goes through the
@@ -228,11 +245,18 @@ def _lines(handle: BinaryIO) -> Iterator[dict[str, Any]]:
 
 def decode_line(raw: bytes) -> dict[str, Any] | None:
     """One record from one line of a day file, or None for a blank or unreadable line."""
+    found = decode_json(raw)
+    return found[0] if found is not None else None
+
+
+def decode_json(raw: bytes) -> tuple[dict[str, Any], str] | None:
+    """One record and the JSON text it was read from (the line, or what follows a torn
+    record on it), so ``--json`` can print what is stored without encoding it again."""
     line = raw.decode("utf-8", "replace").strip()
     return _decode(line) if line else None
 
 
-def _decode(line: str) -> dict[str, Any] | None:
+def _decode(line: str) -> tuple[dict[str, Any], str] | None:
     """One record, or the record written after a torn one on the same line, or None."""
     for candidate in (line, line[line.rfind(_RECORD_START) :]):
         try:
@@ -240,7 +264,7 @@ def _decode(line: str) -> dict[str, Any] | None:
         except ValueError:
             continue
         if isinstance(record, dict):
-            return record
+            return record, candidate
     return None
 
 

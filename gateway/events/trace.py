@@ -44,7 +44,7 @@ def trace(log_dir: Any, message_id: str) -> list[Record]:
                 return "message_id" not in record and "queue_id" not in record
             return True
 
-        for record in search_days(log_dir, None, None, new, key_needles(new), linked):
+        for record, _ in search_days(log_dir, None, None, new, key_needles(new), linked):
             identity = repr(sorted(record.items(), key=lambda item: item[0]))
             if identity in found:
                 continue

@@ -217,3 +217,15 @@ def test_an_index_that_cannot_be_written_is_said_not_fatal(
     status, _, err = run(entry.main, config, "logs", "index", capsys=capsys)
     assert status == 1 and err.startswith("mailgate: cannot update the log index: Permission")
     assert run(entry.main, config, "logs", "search", "--session", "s1", capsys=capsys)[0] == 0
+
+
+def test_json_after_a_torn_line_prints_only_the_record(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    day = config.parent / "var" / "log" / "events-2026-11-30.jsonl"
+    stored = '{"ts":"2026-11-30T03:00:00Z","event":"delivered","session":"s9","x":"Nguyễn"}'
+    with day.open("a", encoding="utf-8") as handle:
+        handle.write('{"ts":"2026-11-30T02:59:59Z","event":"deliv' + stored + "\n")
+    status, out, _ = run(entry.main, config, "logs", "search", "--session", "s9", "--json",
+                         capsys=capsys)  # fmt: skip
+    assert (status, out) == (0, stored + "\n")
