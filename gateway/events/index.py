@@ -2,7 +2,7 @@
 
 For each day file, ``log.dir/index/events-DAY.idx`` maps the 64-bit hash of every key an
 event carries (message id, sender, recipient, client, user, session, queue id) to the
-blocks of the day file that hold it: line-aligned 32 KiB ranges of a plain file, or gzip
+blocks of the day file that hold it: line-aligned 16 KiB ranges of a plain file, or gzip
 members of a compressed one (:mod:`gateway.events.blockgz`). A search opens each day's
 index, binary-searches the hash and reads only those blocks; every record read is then
 checked against the query itself, so a hash collision costs time, never a wrong answer.
