@@ -300,3 +300,21 @@ def test_ids_match_exactly_addresses_in_any_case(tmp_path: Path) -> None:
         assert list(search(tmp_path, Query(message_id="abc@x"))) == []
         assert list(search(tmp_path, Query(session="s1"))) == []
         assert len(list(search(tmp_path, Query(sender="a@x.VN")))) == 1
+
+
+def test_a_header_edited_without_its_checksum_is_refused(logs: Path) -> None:
+    """A header that still has the right length but says less was indexed would make the
+    search read the last block twice (through the index, then as the unindexed tail)."""
+    update(logs, workers=1)
+    today = day_files(logs)[-1][1]
+    target = index_path(logs, today)
+    index = DayIndex.open(target)
+    assert index is not None
+    earlier = index.offsets[len(index.offsets) - 2]  # the last block's first line
+    index.close()
+    data = bytearray(target.read_bytes())
+    data[40:48] = earlier.to_bytes(8, "little")  # indexed_len, the header's CRC left as is
+    target.write_bytes(bytes(data))
+    queries = [Query(event="delivered", sender=r["sender"]) for r in read_day(today)
+               if r.get("event") == "delivered"][-3:]  # fmt: skip
+    assert [list(search(logs, q)) for q in queries] == brute_many(logs, queries)
