@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import subprocess
 import time
@@ -145,7 +146,7 @@ class DriveResult:
 
 async def _drive_client(
     port: int, indexes: list[int], payload: Callable[[int], bytes], out: DriveResult,
-    recipient: str = RCPT,
+    recipient: str = RCPT, login: tuple[str, str] | None = None,
 ) -> None:  # fmt: skip
     reader, writer = await asyncio.open_connection(HOST, port)
     try:
@@ -156,7 +157,15 @@ async def _drive_client(
         code, text = await _read_reply(reader)
         if code != 250:
             raise BenchError(f"EHLO answered {text[:200]!r}")
-        mail = f"MAIL FROM:<{SENDER}>\r\n".encode()
+        sender = SENDER
+        if login is not None:  # submission: AUTH PLAIN once, then send as that mailbox
+            token = base64.b64encode(f"\0{login[0]}\0{login[1]}".encode()).decode()
+            writer.write(f"AUTH PLAIN {token}\r\n".encode())
+            code, text = await _read_reply(reader)
+            if code != 235:
+                raise BenchError(f"AUTH answered {text[:200]!r}")
+            sender = login[0]
+        mail = f"MAIL FROM:<{sender}>\r\n".encode()
         rcpt = f"RCPT TO:<{recipient}>\r\n".encode()
         for index in indexes:
             data = payload(index)
@@ -196,14 +205,16 @@ async def _drive_client(
 
 async def _drive(
     port: int, connections: int, first: int, total: int, payload: Callable[[int], bytes],
-    timeout: float, recipient: str = RCPT,
+    timeout: float, recipient: str = RCPT, login: tuple[str, str] | None = None,
 ) -> DriveResult:  # fmt: skip
     out = DriveResult()
     shares: list[list[int]] = [[] for _ in range(connections)]
     for n in range(total):
         shares[n % connections].append(first + n)
     start = time.monotonic()
-    tasks = [_drive_client(port, share, payload, out, recipient) for share in shares if share]
+    tasks = [
+        _drive_client(port, share, payload, out, recipient, login) for share in shares if share
+    ]
     try:
         await asyncio.wait_for(asyncio.gather(*tasks), timeout)
     except TimeoutError as exc:
@@ -215,8 +226,8 @@ async def _drive(
 
 def drive(
     port: int, connections: int, total: int, payload: Callable[[int], bytes], timeout: float,
-    first: int = 0, recipient: str = RCPT,
+    first: int = 0, recipient: str = RCPT, login: tuple[str, str] | None = None,
 ) -> DriveResult:  # fmt: skip
     """Send ``total`` messages (``payload(i)``: dot-stuffed DATA) over parallel connections,
-    each to ``recipient``."""
-    return run_async(_drive(port, connections, first, total, payload, timeout, recipient))
+    each to ``recipient``; with ``login`` (address, password), AUTH first and send as it."""
+    return run_async(_drive(port, connections, first, total, payload, timeout, recipient, login))

@@ -81,6 +81,7 @@ class LoginResult:
     reason: str  # for the event log, never the password
     user: str | None
     cached: bool = False  # proved by the cache, no argon2 run
+    proved_hash: str | None = None  # the stored hash the password matched (the page's CAS)
 
 
 def loggable_user(login: str, known: bool) -> str | None:
@@ -93,9 +94,15 @@ def loggable_user(login: str, known: bool) -> str | None:
 
 class Authenticator:
     def __init__(
-        self, directory: Directory, throttle: LoginThrottle, settings: AuthSection | None = None
+        self,
+        directory: Directory,
+        throttle: LoginThrottle,
+        settings: AuthSection | None = None,
+        password_url: str | None = None,
     ) -> None:
         settings = settings or AuthSection()
+        self.password_url = password_url  # the self-service page, when [web] serves it
+        self.refuse_must_change = settings.refuse_must_change
         self.directory = directory
         self.throttle = throttle
         self.workers = hash_workers(settings)
@@ -106,9 +113,11 @@ class Authenticator:
             self.workers, thread_name_prefix="argon2", initializer=_lower_priority
         )
 
-    def reconfigure(self, settings: AuthSection) -> None:
-        """SIGHUP: new argon2 parameters (new hashes, upgrades on login) and cache limits.
-        The pool's size needs a restart (runtime says so)."""
+    def reconfigure(self, settings: AuthSection, password_url: str | None = None) -> None:
+        """SIGHUP: new argon2 parameters (new hashes, upgrades on login), cache limits, the
+        page's address and the must-change switch. The pool's size needs a restart."""
+        self.password_url = password_url
+        self.refuse_must_change = settings.refuse_must_change
         params = settings.argon2()
         if params != self.params:
             self.params, self.hasher = params, params.hasher()
@@ -134,12 +143,38 @@ class Authenticator:
             assert result.reply is not None
             emit("auth_failure", user=result.user, code=result.reply.code, reason=result.reason)
         else:
+            must_change = result.mailbox.must_change
             emit(
                 "auth_success", user=result.mailbox.address, code=success_code,
-                must_change=result.mailbox.must_change or None,
+                must_change=must_change or None,
+                reason=self.must_change_notice() if must_change else None,
                 cache="hit" if result.cached else "miss",
             )  # fmt: skip
         return result
+
+    def must_change_notice(self) -> str:
+        """What a user whose password must change is told (MOST 15.2, MIC 7.3.c)."""
+        if self.password_url:
+            return f"password must be changed at {self.password_url} (MOST 15.2)"
+        return "password must be changed (MOST 15.2): ask the mail operator"
+
+    async def change_password(self, proved: LoginResult, new_password: str) -> bool:
+        """The password page: store ``new_password`` for the mailbox ``proved`` logged in
+        to and clear "must change". The hash is made on the argon2 pool (bounded memory,
+        off the loop); the write only happens if the stored hash is still the one the
+        current password matched, so a change made meanwhile (an operator's reset, a
+        second tab) is never overwritten. False: it was, nothing changed."""
+        assert proved.mailbox is not None and proved.proved_hash is not None
+        loop = asyncio.get_running_loop()
+        new_hash = await loop.run_in_executor(
+            self._hashing, hash_password, new_password, self.hasher
+        )
+        address = proved.mailbox.address
+        done = await asyncio.to_thread(
+            self.directory.change_password, address, proved.proved_hash, new_hash
+        )
+        self.forget(address)
+        return done
 
     async def _login(self, login: str, password: str, client: str, emit: Emit) -> LoginResult:
         blocked = self.throttle.blocked(login, client)
@@ -165,7 +200,7 @@ class Authenticator:
                 )
         finally:
             self.throttle.end(login, client)
-        if not ok or mailbox is None:
+        if not ok or mailbox is None or stored is None:
             self.throttle.failed(login, client)
             reply = replies.AUTH_FAILED.with_rule("auth")
             known = mailbox is not None
@@ -174,16 +209,16 @@ class Authenticator:
             reason = f"mailbox {state}: {why or 'no reason recorded'}"
             return LoginResult(None, replies.AUTH_MAILBOX_LOCKED.with_rule("auth"), reason, login)
         self.throttle.succeeded(login)
-        if stale and stored is not None:
-            version = await self._upgrade(mailbox, stored, password, version, emit)
+        if stale:
+            version, stored = await self._upgrade(mailbox, stored, password, version, emit)
         if not cached:
             self.cache.remember(mailbox.address, password, version)
         await asyncio.to_thread(self.directory.record_access, mailbox.address)
-        return LoginResult(mailbox, None, "ok", mailbox.address, cached)
+        return LoginResult(mailbox, None, "ok", mailbox.address, cached, stored)
 
     async def _upgrade(
         self, mailbox: Mailbox, stored: str, password: str, version: bytes, emit: Emit
-    ) -> bytes:
+    ) -> tuple[bytes, str]:
         """Re-hash a password stored with older argon2 parameters, now that we have it.
         A failure costs nothing but the upgrade: the login stands, the next one retries."""
         loop = asyncio.get_running_loop()
@@ -194,16 +229,16 @@ class Authenticator:
             )
         except Exception as exc:
             log.warning("could not upgrade the password hash of %s: %s", mailbox.address, exc)
-            return version
+            return version, stored
         if not done:  # the password changed meanwhile: the old version no longer matches
-            return version
+            return version, stored
         params = self.params
         emit(
             "password_rehashed", user=mailbox.address,
             reason=f"argon2id m={params.memory_kib} KiB t={params.time_cost}"
             f" p={params.parallelism}",
         )  # fmt: skip
-        return self.cache.version(mailbox, new)
+        return self.cache.version(mailbox, new), new
 
     def close(self) -> None:
         self._hashing.shutdown(wait=True, cancel_futures=True)

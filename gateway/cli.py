@@ -13,10 +13,13 @@ Where each command lives (this module parses; the work is done where named):
   directory database ``serve`` needs.
 - ``mailbox``, ``group``, ``unit``, ``address``, ``directory``, ``report``: one function
   each in ``gateway.admin`` (which also declares their arguments).
-- ``logs search``, ``logs trace``: ``gateway.logs_cli`` (also reached without this module
-  through ``gateway.entry``, the console script) -> ``gateway.events.search``, ``.trace``.
+- ``logs search``, ``logs trace``, ``logs index``: ``gateway.logs_cli`` (search and trace
+  also reached without this module through ``gateway.entry``, the console script) ->
+  ``gateway.events.search``, ``.trace``, ``.index``.
+- ``logs verify``, ``logs export``: :func:`cmd_logs_verify`, :func:`cmd_logs_export` ->
+  ``gateway.events.verify`` / ``gateway.events.export`` (arguments: :func:`add_chain_commands`).
 - ``maintenance``: :func:`cmd_maintenance` -> ``gateway.directory.lifecycle``,
-  ``gateway.events.search.purge`` and ``gateway.events.index.update``.
+  ``gateway.events.retention`` and ``gateway.events.index.update``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import tomllib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from gateway.admin import Admin, CommandError, add_directory_commands
 from gateway.auth import hash_workers
@@ -48,8 +52,10 @@ from gateway.directory.mailboxes import (
     database_path,
 )
 from gateway.directory.passwords import measure_cost, meets_owasp, meets_rfc9106
-from gateway.events.search import parse_time, purge
+from gateway.events.retention import apply_retention
+from gateway.events.search import parse_time
 from gateway.logs_cli import LogsError, add_logs_commands
+from gateway.signing.commands import KeyCommandError, add_key_commands
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -124,6 +130,7 @@ def _data_report(config: Config) -> list[str]:
     }
     for label, path in paths.items():
         print(f"{label}: {path}")
+    _anchor_report(config)
     try:
         count = count_mailboxes(data_dir, config.path)
     except DirectoryMissing as exc:
@@ -136,6 +143,18 @@ def _data_report(config: Config) -> list[str]:
             " 550 user unknown (add one with `mailgate mailbox add`)"
         ]
     return []
+
+
+def _anchor_report(config: Config) -> None:
+    """Where each day's final hash goes off the box, and where metrics are served."""
+    log = config.log
+    if log.timestamp_authority:
+        print(f"log time-stamps: {log.timestamp_authority} (CA {log.timestamp_ca_file})")
+    if log.syslog is not None:
+        copy = "final hashes and every event" if log.syslog_events else "final hashes"
+        print(f"log syslog: {log.syslog} ({copy})")
+    if config.metrics is not None:
+        print(f"metrics: http://{config.metrics.listen}/metrics")
 
 
 def _auth_report(config: Config) -> list[str]:
@@ -240,17 +259,177 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
         changes = apply_lifecycle(admin.directory, now.date(), admin.emit)
         for change in changes:
             print(f"{change.address}: {change.old_state} -> {change.new_state} ({change.reason})")
-        removed = purge(config.log.dir, now, config.log.retention_days)
+        kept = apply_retention(config.log.dir, now, config.log.retention_days)
         admin.emit(
             "log_purged",
             reason=f"retention {config.log.retention_days} days",
-            files=[p.name for p in removed] or None,
+            files=kept.deleted or None,
         )
+        anchored = _anchor(config, now, admin)
+        if kept.compressed:
+            admin.emit("log_compressed", files=kept.compressed)
     finally:
         admin.close()
-    print(f"lifecycle: {len(changes)} change(s); log retention: removed {len(removed)} day file(s)")
+    removed = sum(1 for name in kept.deleted if ".jsonl" in name)
+    print(
+        f"lifecycle: {len(changes)} change(s); log retention: removed {removed} day file(s),"
+        f" compressed {len(kept.compressed)}"
+    )
+    failed = [line for line in anchored if " failed: " in line]
+    for line in anchored:
+        print(line)
     _update_log_index(config)
-    return 0
+    return 1 if failed else 0
+
+
+def _anchor(config: Config, now: datetime, admin: Admin) -> list[str]:
+    """Time-stamp finished days and send their final hashes to syslog; one line each.
+
+    Syslog gets the days time-stamped now and, every run, yesterday's (a repeat is
+    harmless; a site without an authority still gets each day once a day).
+    """
+    from gateway.events.anchor import (
+        anchor_days,
+        day_hash,
+        day_hash_line,
+        finished_days,
+        send_to_syslog,
+    )
+
+    today = min(now.date(), datetime.now(UTC).date())  # a day still written is not finished
+    lines, to_syslog = [], []
+    for found, outcome in anchor_days(config.log, today):
+        event = "log_anchored" if outcome == "time-stamped" else "log_anchor_failed"
+        admin.emit(
+            event, day=found.day, events=found.seq, final_hash=found.final_hash, reason=outcome
+        )
+        lines.append(f"log anchor: {found.day} {outcome}")
+        if event == "log_anchored":
+            to_syslog.append(found)
+    if config.log.syslog is not None:
+        days = finished_days(config.log.dir, today)
+        yesterday = next((day_hash(d, p) for d, p in reversed(days)), None)
+        if yesterday is not None and yesterday.day not in {f.day for f in to_syslog}:
+            to_syslog.append(yesterday)
+        try:
+            send_to_syslog(config.log.syslog, [day_hash_line(f) for f in to_syslog])
+        except OSError as exc:
+            lines.append(f"log anchor: syslog {config.log.syslog} failed: {exc}")
+    return lines
+
+
+def cmd_logs_verify(args: argparse.Namespace) -> int:
+    """Exit 0 when every chain in the period is intact; 1 naming each problem."""
+    from gateway.events.verify import verify
+
+    config = _config(args)
+    since, until = _day_range(args)
+    report = verify(config.log.dir, since, until, _token_check(config))
+    for day in report.days:
+        final = day.final_hash or "-"
+        print(
+            f"{day.day}  {day.path.name if day.path else '-'}  {day.events} chained"
+            f" {day.unchained} unchained  final {final}"
+        )
+    for note in report.notes:
+        print(f"note: {note}")
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    events = sum(d.events for d in report.days)
+    _record(
+        config, "log_verified", since=args.since, until=args.until,
+        reason="intact" if report.intact else f"{len(report.problems)} problem(s)",
+    )  # fmt: skip
+    if report.intact:
+        print(f"verify: {len(report.days)} day(s), {events} chained event(s): intact")
+        return 0
+    print(f"verify: {len(report.days)} day(s): {len(report.problems)} problem(s)")
+    return 1
+
+
+def cmd_logs_export(args: argparse.Namespace) -> int:
+    """The period's events and the verification result, to ``-o FILE`` or stdout; exit 1
+    (after writing) when the chain is not intact, so a script notices."""
+    from gateway.events.export import export
+
+    config = _config(args)
+    try:
+        since = parse_time(args.since)
+        until = parse_time(args.until, end_of_day=True)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if args.output in (None, "-"):
+        report = export(config.log.dir, since, until, args.format, sys.stdout)
+    else:
+        target = Path(args.output)
+        partial = target.with_name(target.name + ".part")
+        with partial.open("w", encoding="utf-8", newline="", errors="surrogateescape") as out:
+            report = export(config.log.dir, since, until, args.format, out)
+        partial.replace(target)
+    verdict = "intact" if report.intact else f"{len(report.problems)} problem(s)"
+    _record(
+        config, "log_exported", since=args.since, until=args.until, format=args.format,
+        file=args.output, reason=f"chain {verdict}",
+    )  # fmt: skip
+    print(f"export: chain {verdict}", file=sys.stderr)
+    return 0 if report.intact else 1
+
+
+def _record(config: Config, event: str, **fields: Any) -> None:
+    """An admin command on record (MIC 8.2: who looked at or took the logs)."""
+    from gateway.events.writer import EventLog
+
+    events = EventLog(config.log.dir)
+    try:
+        events.emit(event, actor="cli", **fields)
+    finally:
+        events.close()
+
+
+def _token_check(config: Config) -> Callable:
+    """The per-day check of ``events-DAY.tsr`` against the day's final hash."""
+    from gateway.events.anchor import AnchorError, check_token, token_path
+    from gateway.events.verify import Finding
+
+    today = datetime.now(UTC).date().isoformat()
+
+    def check(day: str, path: Path, result: Any) -> tuple[list, list]:
+        token = token_path(config.log.dir, day)
+        if not token.exists():
+            if config.log.timestamp_authority and day < today:
+                return [], [Finding(day, token.name, "not time-stamped yet (maintenance does it)")]
+            return [], []
+        if config.log.timestamp_ca_file is None:
+            return [], [Finding(day, token.name, "not checked: no log.timestamp_ca_file")]
+        try:
+            when = check_token(token.read_bytes(), result.final_hash, config.log.timestamp_ca_file)
+        except (AnchorError, OSError) as exc:
+            text = f"does not vouch for the day's final hash (#{result.final_seq}): {exc}"
+            return [Finding(day, token.name, text)], []
+        return [], [Finding(day, token.name, f"time-stamped {when}: final hash confirmed")]
+
+    return check
+
+
+def _day_range(args: argparse.Namespace) -> tuple[Any, Any]:
+    try:
+        since = parse_time(args.since).date() if args.since else None
+        until = parse_time(args.until, end_of_day=True).date() if args.until else None
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    return since, until
+
+
+def add_chain_commands(logs: argparse._SubParsersAction, add: Callable) -> None:
+    """``logs verify`` and ``logs export`` (the hash chain's commands)."""
+    check = add(logs, "verify", cmd_logs_verify, "check the logs' hash chains")
+    check.add_argument("--since", help="first day (YYYY-MM-DD); default: the oldest")
+    check.add_argument("--until", help="last day (YYYY-MM-DD); default: the newest")
+    out = add(logs, "export", cmd_logs_export, "the events of a period, with their verification")
+    out.add_argument("--since", required=True, help="date or RFC 3339 time")
+    out.add_argument("--until", required=True, help="date (the whole day) or RFC 3339 time")
+    out.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    out.add_argument("-o", "--output", help="file to write (default: stdout)")
 
 
 def _update_log_index(config: Config) -> None:
@@ -303,11 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     add_directory_commands(commands, add_admin)
+    add_key_commands(commands, add, _config)
 
     logs = commands.add_parser("logs", help="event log").add_subparsers(
         dest="logs_command", required=True, metavar="ACTION"
     )
-    add_logs_commands(logs, add)  # search, trace: gateway/logs_cli.py (gateway.entry's fast path)
+    add_logs_commands(logs, add)  # search, trace, index: gateway/logs_cli.py
+    add_chain_commands(logs, add)  # verify, export
 
     maintenance = add(
         commands, "maintenance", cmd_maintenance, "apply lifecycle rules and log retention"
@@ -333,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 141  # 128 + SIGPIPE, as a shell reports a writer killed by the pipe
-    except (CommandError, LogsError) as exc:
+    except (CommandError, KeyCommandError, LogsError) as exc:
         print(f"mailgate: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ import errno
 import socket
 import ssl
 import tomllib
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,15 +147,98 @@ class AuthSection:
     argon2_memory_kib: int = _opt("count", 65536, "KiB per verification (RFC 9106: 65536)")
     argon2_time_cost: int = _opt("count", 3, "passes over the memory (RFC 9106: 3)")
     argon2_parallelism: int = _opt("count", 4, "lanes (RFC 9106: 4)")
+    refuse_must_change: bool = _opt(
+        "bool", False, "refuse SMTP AUTH and IMAP logins while a password must change"
+    )
 
     def argon2(self) -> Argon2Params:
         return Argon2Params(self.argon2_memory_kib, self.argon2_time_cost, self.argon2_parallelism)
 
 
 @dataclass(frozen=True, slots=True)
+class SyslogTarget:
+    """Where ``[log] syslog`` sends: a unix datagram socket or a host over UDP/TCP."""
+
+    transport: str  # "unix", "udp" or "tcp"
+    address: str  # the socket path, or the host
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.transport == "unix":
+            return f"unix:{self.address}"
+        return f"{self.transport}:{ListenAddress(self.address, self.port)}"
+
+
+@dataclass(frozen=True, slots=True)
+class WebSection:
+    """The self-service password page (MOST 15.2, 17.4; MIC 7.3.c): HTTPS on ``listen``
+    with smtp.tls_cert/tls_key, the page at /password."""
+
+    listen: ListenAddress = _opt("listen")
+    public_url: str | None = _opt("https_url", None, "the page's address as users reach it")
+    form_seconds: float = _opt("seconds", 600.0, "how long a form (and its cookie) stays valid")
+    max_request_bytes: int = _opt("size", 16384, "bytes of one request body")
+    max_posts_per_client: int = _opt("count", 10, "form posts per client address per minute")
+
+    def page_url(self, hostname: str) -> str:
+        """The address users are sent to (``[ALERT]``, events, SMTP refusals)."""
+        if self.public_url:
+            return self.public_url
+        port = "" if self.listen.port == 443 else f":{self.listen.port}"
+        return f"https://{hostname}{port}/password"
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSection:
+    """``[signing.dkim]``: sign outbound mail of local domains that have a key (last)."""
+
+    selector: str = _opt("selector")
+
+
+SIGNING_CHOICES = {
+    "missing_recipient_key": ("reject", "send-plain"),
+    "preference": ("smime", "pgp"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SigningSection:
+    """``[signing]`` (MOST 16.2): S/MIME or PGP signatures and encryption for local
+    senders, verification results on inbound mail; DKIM in ``dkim``."""
+
+    encrypt_subject_tags: tuple[str, ...] = _opt(
+        "strings", ("[encrypt]", "[mã hóa]"), "a subject starting with one asks for encryption"
+    )
+    missing_recipient_key: str = _opt("str", "reject", '"reject" or "send-plain"')
+    sign_outbound: bool = _opt("bool", True, "sign for senders that hold their own key")
+    preference: str = _opt("str", "smime", '"smime" or "pgp": which a recipient with both gets')
+    verify_inbound: bool = _opt("bool", True, "stamp Authentication-Results on inbound mail")
+    decrypt_inbound: bool = _opt("bool", False, "decrypt for local recipients whose key we hold")
+    dns_timeout: float = _opt("seconds", 2.0, "per DKIM key lookup; then dkim=temperror")
+    dns_resolver: ListenAddress | None = _opt("listen", None, "HOST:PORT; default: the system's")
+    crl_file: Path | None = _opt("file", None, "PEM or DER CRL checked for S/MIME certificates")
+    smime_ca_file: Path | None = _opt(
+        "file", None, "PEM CAs whose S/MIME signatures inbound are smime=pass"
+    )
+    gpg_timeout: float = _opt("seconds", 10.0, "per gpg call; then 451")
+    dkim: DkimSection | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LogSection:
     dir: Path = _opt("path")
     retention_days: int = _opt("count", 183)
+    # Off-box anchors of each finished day's final hash (see README, "Tamper evidence").
+    timestamp_authority: str | None = _opt("url", None, "RFC 3161 time-stamping authority")
+    timestamp_ca_file: Path | None = _opt("ca_file", None, "CA of the time-stamping authority")
+    timestamp_timeout: float = _opt("seconds", 10.0, "for one time-stamp request")
+    syslog: SyslogTarget | None = _opt("syslog", None, "unix:/dev/log, udp:HOST:PORT, tcp:...")
+    syslog_events: bool = _opt("bool", False, "every event to syslog too, not only day hashes")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSection:
+    listen: ListenAddress = _opt("listen")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,11 +251,19 @@ class Config:
     queue: QueueSection
     auth: AuthSection
     imap: ImapSection | None = None
+    metrics: MetricsSection | None = None
+    web: WebSection | None = None
+    signing: SigningSection = field(default_factory=SigningSection)
     filters: Any = None  # filter_config.FiltersSection: the policy filters, in run order
 
     @property
     def spool_dir(self) -> Path:
         return self.gateway.data_dir / "spool"
+
+    @property
+    def password_url(self) -> str | None:
+        """Where users change their password, when the page is served."""
+        return self.web.page_url(self.gateway.hostname) if self.web else None
 
     def is_local(self, address: str) -> bool:
         """True when the address's domain is one of ours (case-insensitive)."""
@@ -184,11 +275,18 @@ _SECTIONS: dict[str, tuple[type, bool]] = {
     "gateway": (GatewaySection, True),
     "smtp": (SmtpSection, True),
     "imap": (ImapSection, False),
+    "web": (WebSection, False),
+    "signing": (SigningSection, False),
     "delivery": (DeliverySection, True),
     "queue": (QueueSection, False),
     "auth": (AuthSection, False),
     "log": (LogSection, True),
+    "metrics": (MetricsSection, False),
 }
+
+
+# Sections whose absence switches a service off (rather than taking every default).
+_OPTIONAL_SERVICES = ("imap", "web", "metrics")
 
 
 class _Reader:
@@ -295,6 +393,27 @@ class _Reader:
     def _hours(self, key: str, raw: Any, doc: str) -> Any:
         return self._number(key, raw, "hours", False)
 
+    def _strings(self, key: str, raw: Any, doc: str) -> Any:
+        if not isinstance(raw, list) or not all(isinstance(v, str) and v.strip() for v in raw):
+            self.fail(key, f'expected a list of non-empty strings, got {raw!r}; e.g. ["[encrypt]"]')
+            return ()
+        return tuple(raw)
+
+    def _selector(self, key: str, raw: Any, doc: str) -> Any:
+        value = self._str(key, raw, doc)
+        if value is not None and not all(c.isalnum() or c in "-_." for c in value):
+            self.fail(key, f"{raw!r} is not a DNS label; use letters, digits, - and _ (e.g. mail)")
+        return value
+
+    def _https_url(self, key: str, raw: Any, doc: str) -> Any:
+        value = self._str(key, raw, doc)
+        if value is None:
+            return None
+        if not value.startswith("https://") or any(c.isspace() for c in value):
+            self.fail(key, f"expected an https:// address, got {raw!r};"
+                      " write e.g. \"https://mail.example.gov.vn/password\"")  # fmt: skip
+        return value
+
     def _listen(self, key: str, raw: Any, doc: str) -> Any:
         value = self._str(key, raw, doc)
         if value is None:
@@ -349,6 +468,32 @@ class _Reader:
         hint = f'; write "{meant}"' if meant in TLS_LEVELS else ""
         self.fail(key, f"expected one of {', '.join(TLS_LEVELS)}; got {got}{hint}")
         return None
+
+    def _url(self, key: str, raw: Any, doc: str) -> Any:
+        value = self._str(key, raw, doc)
+        if value is None:
+            return None
+        scheme, sep, rest = value.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest.split("/")[0]:
+            self.fail(key, f"expected an http:// or https:// URL, got {raw!r}")
+            return None
+        return value
+
+    def _syslog(self, key: str, raw: Any, doc: str) -> Any:
+        value = self._str(key, raw, doc)
+        if value is None:
+            return None
+        transport, _, rest = value.partition(":")
+        if transport == "unix" and rest:
+            return SyslogTarget("unix", str(self.path(rest)))
+        address = parse_host_port(rest) if transport in ("udp", "tcp") else None
+        if address is None:
+            self.fail(
+                key,
+                f'expected "unix:/dev/log", "udp:HOST:PORT" or "tcp:HOST:PORT", got {raw!r}',
+            )
+            return None
+        return SyslogTarget(transport, address.host, address.port)
 
     def _ca_file(self, key: str, raw: Any, doc: str) -> Any:
         path = self._file(key, raw, doc)
@@ -412,6 +557,7 @@ def _read_section(reader: _Reader, name: str, cls: type, raw: Any) -> Any:
 
 def parse_config(data: dict[str, Any], path: Path) -> Config:
     """Validate parsed TOML; raises ConfigError listing every mistake."""
+    data = dict(data)  # [signing.dkim] is split off below; the caller's dict stays as it was
     reader = _Reader(path.parent)
     for name in data:
         if name not in _SECTIONS and name != "filters":
@@ -419,15 +565,17 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
             hint = f'; did you mean "[{close[0]}]"?' if close else ""
             reader.fail(name, f"unknown section{hint}; known: {', '.join(_SECTIONS)}")
     sections: dict[str, Any] = {}
+    dkim = _split_dkim(reader, data)
     for name, (cls, required) in _SECTIONS.items():
         if name in data:
             sections[name] = _read_section(reader, name, cls, data[name])
         elif required:
             reader.fail(name, f"missing section [{name}]")
         else:
-            sections[name] = None if name == "imap" else {}
+            sections[name] = None if name in _OPTIONAL_SERVICES else {}
     _check_relations(reader, sections)
     _check_delivery_tls(reader, sections.get("delivery") or {})
+    _check_signing(reader, sections.get("signing") or {})
     from gateway.filter_config import read_filters  # imports every filter module
 
     filters = read_filters(data.get("filters"), reader.fail)
@@ -437,7 +585,38 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
         name: (_SECTIONS[name][0](**values) if values is not None else None)
         for name, values in sections.items()
     }
+    if dkim is not None:
+        built["signing"] = replace(built["signing"], dkim=DkimSection(**dkim))
     return Config(path=path, filters=filters, **built)
+
+
+def _split_dkim(reader: _Reader, data: dict[str, Any]) -> dict[str, Any] | None:
+    """``[signing.dkim]`` is a table inside ``[signing]``: read it on its own."""
+    signing = data.get("signing")
+    if not isinstance(signing, dict) or "dkim" not in signing:
+        return None
+    rest = dict(signing)
+    raw = rest.pop("dkim")
+    data["signing"] = rest
+    return _read_section(reader, "signing.dkim", DkimSection, raw)
+
+
+def _check_signing(reader: _Reader, signing: dict[str, Any]) -> None:
+    for key, allowed in SIGNING_CHOICES.items():
+        value = signing.get(key)
+        if value is not None and value not in allowed:
+            choices = " or ".join(f'"{a}"' for a in allowed)
+            reader.fail(f"signing.{key}", f"{value!r} is not one of {choices}")
+    from gateway.signing.certs import CertificateError, load_certificates, load_crls
+
+    for key, load in (("smime_ca_file", load_certificates), ("crl_file", load_crls)):
+        path = signing.get(key)
+        if path is None or any(p.startswith(f"signing.{key}: ") for p in reader.problems):
+            continue
+        try:
+            load(path)
+        except (CertificateError, OSError) as exc:
+            reader.fail(f"signing.{key}", f"{exc}; give a PEM file")
 
 
 def _check_relations(reader: _Reader, sections: dict[str, Any]) -> None:
@@ -477,6 +656,15 @@ def _check_relations(reader: _Reader, sections: dict[str, Any]) -> None:
                 "true (the default), but no smtp.tls_cert/tls_key is set for STARTTLS; add"
                 " them (or set false for loopback tests)",
             )
+    metrics = sections.get("metrics")
+    if metrics:
+        listeners.append(("metrics.listen", metrics.get("listen")))
+    web = sections.get("web")
+    if web:
+        listeners.append(("web.listen", web.get("listen")))
+        if cert is None and not tls_broken:
+            reader.fail("web.listen", "the password page is HTTPS only and needs"
+                        " smtp.tls_cert and smtp.tls_key; add them")  # fmt: skip
     seen: dict[ListenAddress, str] = {}
     for key_name, address in listeners:
         if address is None:
@@ -485,12 +673,28 @@ def _check_relations(reader: _Reader, sections: dict[str, Any]) -> None:
             reader.fail(key_name, f"{address} is also used by {seen[address]}; pick another port")
         seen[address] = key_name
     _check_argon2(reader, sections.get("auth") or {})
+    _check_log(reader, sections.get("log") or {})
     queue = sections.get("queue") or {}
     low, high = queue.get("retry_min_seconds"), queue.get("retry_max_seconds")
     if low is not None and high is not None and low > high:
         reader.fail(
             "queue.retry_min_seconds",
             f"{low:g} is above queue.retry_max_seconds ({high:g}); lower it or raise the maximum",
+        )
+
+
+def _check_log(reader: _Reader, log: dict[str, Any]) -> None:
+    """A time-stamp token nobody can check proves nothing: the authority needs its CA."""
+    if log.get("timestamp_authority") and not log.get("timestamp_ca_file"):
+        reader.fail(
+            "log.timestamp_ca_file",
+            "missing; log.timestamp_authority needs the authority's CA certificate (PEM)"
+            " so that logs verify can check its tokens",
+        )
+    if log.get("timestamp_ca_file") and not log.get("timestamp_authority"):
+        reader.fail(
+            "log.timestamp_authority",
+            "missing; log.timestamp_ca_file is set but no authority is named",
         )
 
 
@@ -541,6 +745,21 @@ def advisories(config: Config) -> list[str]:
                 f" carrying the {cap.max_bytes} bytes of attachments that"
                 f" filters.attachment_cap.max_bytes allows; for that, write at least {needed}"
             )
+    if config.signing.dkim is not None:
+        from gateway.signing.keys import KeyStore, KeyStoreError
+
+        store, selector = KeyStore(config.gateway.data_dir), config.signing.dkim.selector
+        for domain in config.gateway.domains:
+            try:
+                missing = store.dkim_key(domain, selector) is None
+            except KeyStoreError as exc:
+                found.append(f"signing.dkim: {exc}; mail from {domain} gets 451 until fixed")
+                continue
+            if missing:
+                found.append(
+                    f"signing.dkim: no key for {domain} selector {selector}, so its mail goes"
+                    f" out unsigned; make one with: mailgate keys dkim-generate {domain}"
+                )
     if config.imap is not None:
         upstream = config.imap.upstream
         try:
@@ -576,6 +795,10 @@ def listeners(config: Config) -> list[tuple[str, ListenAddress]]:
         found.append(("imap.listen", config.imap.listen))
         if config.imap.listen_tls:
             found.append(("imap.listen_tls", config.imap.listen_tls))
+    if config.metrics is not None:
+        found.append(("metrics.listen", config.metrics.listen))
+    if config.web is not None:
+        found.append(("web.listen", config.web.listen))
     return found
 
 

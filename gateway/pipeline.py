@@ -79,6 +79,9 @@ class MessageContext:
     envelope_recipients: tuple[str, ...] = field(default=(), init=False)
     # Set by group expansion: final recipient -> "direct" or the chain of groups.
     delivery_plan: dict[str, str] = field(default_factory=dict)
+    # Set by signing when recipients get different bodies (each encrypted to its own key,
+    # or plain): (recipients, body) pairs covering ``recipients``; None: ``body`` for all.
+    deliveries: list[tuple[tuple[str, ...], Body]] | None = None
 
     def __post_init__(self) -> None:
         self.envelope_recipients = tuple(self.recipients)
@@ -160,6 +163,7 @@ class Verdict:
     recipients: tuple[str, ...] | None = None  # replaces the recipient list when set
     body: Body | None = None  # replaces the body when set
     routes: dict[str, str] | None = None  # how each new recipient was reached
+    deliveries: tuple[tuple[tuple[str, ...], Body], ...] | None = None  # per-recipient bodies
 
     @classmethod
     def accept(cls) -> Verdict:
@@ -175,6 +179,7 @@ class Verdict:
         recipients: Sequence[str] | None = None,
         body: Body | None = None,
         routes: dict[str, str] | None = None,
+        deliveries: Sequence[tuple[Sequence[str], Body]] | None = None,
     ) -> Verdict:
         """Accept, changed: later filters and the delivery see the change."""
         return cls(
@@ -185,6 +190,7 @@ class Verdict:
             recipients=None if recipients is None else tuple(recipients),
             body=body,
             routes=routes,
+            deliveries=None if deliveries is None else tuple((tuple(r), b) for r, b in deliveries),
         )
 
     @classmethod
@@ -282,6 +288,8 @@ def apply_transform(ctx: MessageContext, verdict: Verdict) -> None:
         ctx.recipients = list(verdict.recipients)
     if verdict.routes is not None:
         ctx.delivery_plan = dict(verdict.routes)
+    if verdict.deliveries is not None:
+        ctx.deliveries = [(r, b) for r, b in verdict.deliveries]
     if verdict.body is not None:
         ctx.body = verdict.body
         ctx._inspection = None  # a new body is a new message to inspect

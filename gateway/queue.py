@@ -16,6 +16,7 @@ from dataclasses import asdict
 
 from gateway.config import QueueSection
 from gateway.dsn import FailedRecipient
+from gateway.events.errors import describe
 from gateway.outcomes import Split, failure_of, remote_mta
 from gateway.relay import Relay
 from gateway.spool import Body, QueueEntry
@@ -96,6 +97,9 @@ class QueueRunner:
                     await self.attempt(entry)
                 except Exception as exc:
                     log.exception("queue attempt for %s failed", entry.queue_id)
+                    self.relay.events.emit(
+                        "internal_error", queue_id=entry.queue_id, reason=f"queue: {describe(exc)}"
+                    )
                     self._hold(entry, exc)
                 else:
                     self._held.pop(entry.queue_id, None)
@@ -147,12 +151,18 @@ class QueueRunner:
             events.emit("dequeued", queue_id=entry.queue_id, attempt=entry.attempts)
 
     async def _deliver_pending(self, entry: QueueEntry, body: Body, settings: QueueSection) -> None:
+        started = time.monotonic()
         outcomes = await self.relay.router.deliver(entry.sender, entry.pending, body)
         split = Split.of(outcomes)
         entry.attempts += 1
         now = self._clock()
         self.relay.outcomes.hops(
-            entry.queue_id, entry.message_id, entry.sender, split, attempt=entry.attempts
+            entry.queue_id,
+            entry.message_id,
+            entry.sender,
+            split,
+            attempt=entry.attempts,
+            duration_s=round(time.monotonic() - started, 3),
         )
         failures = [failure_of(r, o, entry.original.get(r)) for r, o in split.failed.items()]
         entry.pending = list(split.deferred)

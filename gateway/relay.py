@@ -19,11 +19,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.bounces import Bouncer
-from gateway.delivery import Router
+from gateway.delivery import Outcome, Router
 from gateway.events.writer import EventLog
 from gateway.filters.groups import DIRECT
 from gateway.outcomes import OutcomeLog, Split, failure_of
-from gateway.pipeline import Action, EnabledFilter, MessageContext, Verdict, run_filters
+from gateway.pipeline import (
+    Action,
+    EnabledFilter,
+    MessageContext,
+    Verdict,
+    apply_transform,
+    run_filters,
+)
+from gateway.signing.stage import SigningStage
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
 from gateway.spool import Body, QueueEntry, Spool
@@ -55,7 +63,9 @@ class Relay:
         events: EventLog,
         filters: Sequence[EnabledFilter],
         retry_min_seconds: float,
+        signing: SigningStage | None = None,
     ) -> None:
+        self.signing = signing
         self.router = router
         self.spool = spool
         self.events = events
@@ -99,11 +109,32 @@ class Relay:
             )
             self._emit_end(ctx, "message_rejected", reply, reason=reply.text)
             return reply
+        received = ctx.body
         if ctx.header_edits:
             ctx.body = await asyncio.to_thread(self._edited_body, ctx)
-        outcomes = await router.deliver(ctx.sender, ctx.recipients, ctx.body)
+        if self.signing is not None:
+            refusal = await self._sign(ctx, received)
+            if refusal is not None:
+                return refusal
+        try:
+            return await self._deliver(ctx, settings, router)
+        finally:
+            await self._drop_group_bodies(ctx, received)
+
+    async def _deliver(self, ctx: MessageContext, settings: RelaySettings, router: Router) -> Reply:
+        """Hand every body to its next hop; spool the deferred, bounce the failed; the
+        reply that says which. Recipients with bodies of their own (``ctx.deliveries``)
+        are delivered side by side."""
+        groups = ctx.deliveries or [(tuple(ctx.recipients), ctx.body)]
+        outcomes: dict[str, Outcome] = {}
+        started = time.monotonic()
+        for part in await asyncio.gather(
+            *(router.deliver(ctx.sender, list(group), body) for group, body in groups)
+        ):
+            outcomes.update(part)
         split = Split.of(outcomes)
-        self.outcomes.hops(ctx.queue_id, ctx.message_id, ctx.sender, split)
+        took = round(time.monotonic() - started, 3)  # the delivery latency metric's input
+        self.outcomes.hops(ctx.queue_id, ctx.message_id, ctx.sender, split, duration_s=took)
         if not split.delivered and not split.failed:
             # The next hop's own words (which may name internal hosts) stay in the events.
             reply = replies.NEXT_HOP_UNAVAILABLE.with_rule("delivery")
@@ -130,8 +161,41 @@ class Relay:
             self._emit_end(ctx, "message_tempfailed", reply, reason=f"spool write failed: {exc}")
             return reply
         reply = replies.QUEUED.with_text(f"{replies.QUEUED.text} {ctx.queue_id}")
-        self._emit_end(ctx, "message_accepted", reply)
+        # Which rules looked at it (clamav among them: it was scanned), for the record.
+        checks = [item.spec.name for item in settings.filters]
+        self._emit_end(ctx, "message_accepted", reply, checks=checks or None)
         return reply
+
+    async def _drop_group_bodies(self, ctx: MessageContext, received: Body) -> None:
+        """Per-recipient bodies are delivered or spooled (the spool keeps its own copy);
+        the handler drops the received body and ``ctx.body``, this the others."""
+        kept = {id(received), id(ctx.body)}
+        paths = {received.path, ctx.body.path}
+        for _, body in ctx.deliveries or ():
+            if id(body) not in kept and (body.path is None or body.path not in paths):
+                await asyncio.to_thread(body.discard)
+
+    async def _sign(self, ctx: MessageContext, received: Body) -> Reply | None:
+        """The signing stage (gateway/signing/stage.py), last: new bodies, or a refusal.
+        A body made on the way (header edits, an unsigned copy) is dropped once replaced;
+        the handler drops the received one and the final one."""
+        assert self.signing is not None
+        for verdict in await self.signing.run(ctx):
+            if verdict.action is Action.TRANSFORM:
+                replaced = ctx.body
+                apply_transform(ctx, verdict)
+                self._transformed(ctx, verdict)
+                kept = (received, ctx.body)
+                if replaced not in kept and replaced.path not in {b.path for b in kept}:
+                    await asyncio.to_thread(replaced.discard)
+                continue
+            if verdict.action is Action.ACCEPT:
+                continue
+            assert verdict.reply is not None
+            event = "message_tempfailed" if verdict.reply.is_temporary else "message_rejected"
+            self._emit_end(ctx, event, verdict.reply, reason=verdict.reply.text)
+            return verdict.reply
+        return None
 
     def _transformed(self, ctx: MessageContext, verdict: Verdict) -> None:
         """Every verdict that is not a plain accept is an event, transforms included."""
@@ -155,25 +219,35 @@ class Relay:
         """Spool deferred recipients and bounce failed ones, durably, before the 250."""
         now = time.time()
         originals = original_recipients(ctx.delivery_plan)
-        if split.deferred:
+        groups = ctx.deliveries or [(tuple(ctx.recipients), ctx.body)]
+        for index, (group, body) in enumerate(groups):
+            pending = [r for r in group if r in split.deferred]
+            if not pending:
+                continue
+            # Each body its own entry: ID, ID.1, ... (recipients with their own ciphertext).
             entry = QueueEntry(
-                queue_id=ctx.queue_id,
+                queue_id=ctx.queue_id if index == 0 else f"{ctx.queue_id}.{index}",
                 sender=ctx.sender,
-                pending=list(split.deferred),
+                pending=pending,
                 arrival=now,
                 next_attempt=now + settings.retry_min_seconds,
                 attempts=1,
                 message_id=ctx.message_id,
-                last_error={r: str(o.reply) for r, o in split.deferred.items()},
-                original={r: g for r, g in originals.items() if r in split.deferred},
+                last_error={r: str(split.deferred[r].reply) for r in pending},
+                original={r: g for r, g in originals.items() if r in pending},
             )
-            await asyncio.to_thread(self.spool.enqueue, entry, ctx.body)
+            await asyncio.to_thread(self.spool.enqueue, entry, body)
         if split.failed:
             failures = [failure_of(r, o, originals.get(r)) for r, o in split.failed.items()]
             await self.bouncer.bounce(ctx.queue_id, ctx.sender, now, failures, ctx.body.headers)
 
     def _emit_end(
-        self, ctx: MessageContext, event: str, reply: Reply, reason: str | None = None
+        self,
+        ctx: MessageContext,
+        event: str,
+        reply: Reply,
+        reason: str | None = None,
+        checks: list[str] | None = None,
     ) -> None:
         self.events.emit(
             event,
@@ -189,4 +263,5 @@ class Relay:
             user=ctx.user,
             client=ctx.client,
             listener=ctx.listener,
+            checks=checks,
         )

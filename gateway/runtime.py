@@ -31,6 +31,10 @@ from gateway.mime.pool import Inspector
 from gateway.pipeline import EnabledFilter
 from gateway.queue import QueueRunner
 from gateway.relay import Relay, RelaySettings
+from gateway.signing.certs import load_certificates, load_crls
+from gateway.signing.keys import KeyStore
+from gateway.signing.protect import Policy
+from gateway.signing.stage import SigningStage, StageSettings
 from gateway.smtp import replies
 from gateway.smtp.data import DataLimits
 from gateway.smtp.handler import SessionHandler
@@ -41,6 +45,7 @@ from gateway.smtp.submission import SubmissionHandler
 from gateway.smtp.tls_accept import ImplicitTLSAcceptor
 from gateway.spool import Body, Spool
 from gateway.tls import server_context
+from gateway.web.server import PasswordPage
 
 log = logging.getLogger("gateway")
 # require_tls_for_auth = false is an explicit operator choice (loopback tests); aiosmtpd
@@ -73,6 +78,29 @@ def limits_of(config: Config) -> Limits:
 def enabled_filters(config: Config) -> tuple[EnabledFilter, ...]:
     """The filters to run, in order (``[filters]``; gateway/filter_config.py)."""
     return config.filters.enabled
+
+
+def stage_settings(config: Config) -> StageSettings:
+    """The signing stage's view of the config ([signing], gateway.hostname/domains)."""
+    signing = config.signing
+    resolver = signing.dns_resolver
+    return StageSettings(
+        hostname=config.gateway.hostname,
+        domains=config.gateway.domains,
+        dkim_selector=signing.dkim.selector if signing.dkim else None,
+        verify_inbound=signing.verify_inbound,
+        dns_timeout=signing.dns_timeout,
+        dns_resolver=(resolver.host, resolver.port) if resolver else None,
+        policy=Policy(
+            signing.sign_outbound,
+            signing.encrypt_subject_tags,
+            signing.missing_recipient_key,
+            signing.preference,
+        ),
+        decrypt_inbound=signing.decrypt_inbound,
+        trusted=load_certificates(signing.smime_ca_file),
+        crls=load_crls(signing.crl_file),
+    )
 
 
 def relay_settings(config: Config) -> RelaySettings:
@@ -113,9 +141,13 @@ class Runtime:
             config.auth.max_failures_per_client,
             config.auth.failure_window_seconds,
         )
-        self.authenticator = Authenticator(self.directory, self.throttle, config.auth)
+        self.authenticator = Authenticator(
+            self.directory, self.throttle, config.auth, config.password_url
+        )
         self.directory.hasher = self.authenticator.hasher  # new and reset passwords alike
         self.inspector = Inspector()  # the one MIME parse, on threads and worker processes
+        self.keys = KeyStore(config.gateway.data_dir)
+        self.keys.gpg_timeout = config.signing.gpg_timeout
         self.relay = Relay(
             config.gateway.hostname,
             Router(config),
@@ -123,6 +155,7 @@ class Runtime:
             self.events,
             enabled_filters(config),
             config.queue.retry_min_seconds,
+            SigningStage(self.keys, self.spool, stage_settings(config)),
         )
         self.queue = QueueRunner(lambda: self.relay, lambda: self.config.queue)
         self._in_flight: set[asyncio.Task[Reply]] = set()
@@ -161,6 +194,7 @@ class Runtime:
             # A CA file may have been replaced at the same path: a new router reads it.
             router = self.relay.router if same_hops else Router(new)
             settings = relay_settings(new)
+            signing = stage_settings(new)
         except Exception as exc:
             problems = exc.problems if isinstance(exc, ConfigError) else [_describe(exc)]
             self.events.emit("config_rejected", reason="; ".join(problems))
@@ -175,6 +209,8 @@ class Runtime:
             restart_needed.append("gateway.data_dir/log.dir")
         if hash_workers(new.auth) != self.authenticator.workers:
             restart_needed.append("auth.hash_workers")
+        if (new.log.syslog, new.log.syslog_events) != (old.log.syslog, old.log.syslog_events):
+            restart_needed.append("log.syslog")
         old_router = self.relay.router
         self.config = new
         self.tls = new_tls
@@ -186,9 +222,11 @@ class Runtime:
         self.throttle.per_address = new.auth.max_failures_per_address
         self.throttle.per_client = new.auth.max_failures_per_client
         self.throttle.window = new.auth.failure_window_seconds
-        self.authenticator.reconfigure(new.auth)
+        self.authenticator.reconfigure(new.auth, new.password_url)
         router.use_config(new)  # a kept router must route by the new gateway.domains
         self.relay.reconfigure(new.gateway.hostname, router, settings)
+        if self.relay.signing is not None:
+            self.relay.signing.configure(signing)
         if router is not old_router:
             # Deliveries in flight still use the old pool; it closes their connections
             # when they come back instead of keeping them.
@@ -316,6 +354,7 @@ class Runtime:
     async def close(self) -> None:
         await self.relay.router.close()
         self.authenticator.close()  # no argon2 thread left reading the directory
+        self.keys.close()  # the gateway's gpg-agent
         self.inspector.close()
         self.directory.close()
         self.events.close()
@@ -336,9 +375,33 @@ def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str,
     loop.default_exception_handler(context)
 
 
+def _start_observers(runtime: Runtime, config: Config) -> list[Any]:
+    """Metrics and the syslog copy of events, fed by the event log; returns their closers.
+
+    Both are fixed at start (a change of ``[metrics]`` or ``log.syslog`` needs a restart).
+    """
+    closers: list[Any] = []
+    if config.metrics is not None:
+        from gateway.metrics import Metrics
+
+        metrics = Metrics(runtime.spool.queue, config.log.dir)
+        metrics.start(config.metrics.listen)
+        runtime.events.observers.append(metrics.observe)
+        closers.append(metrics.close)
+        log.info("metrics.listen on %s", config.metrics.listen)
+    if config.log.syslog is not None and config.log.syslog_events:
+        from gateway.events.forward import SyslogForwarder
+
+        forwarder = SyslogForwarder(config.log.syslog)
+        runtime.events.observers.append(forwarder)
+        closers.append(forwarder.close)
+    return closers
+
+
 async def serve(config: Config, directory: Directory | None = None) -> None:
     """Run the listeners and the queue until SIGTERM/SIGINT."""
     runtime = Runtime(config, directory)
+    observers = _start_observers(runtime, config)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_exception_handler)
     stale = runtime.spool.recover()
@@ -356,6 +419,10 @@ async def serve(config: Config, directory: Directory | None = None) -> None:
         imap = ImapProxy(runtime)
         for bound in await imap.start():
             log.info("%s listening", bound)
+    password_page: PasswordPage | None = None
+    if config.web is not None:
+        password_page = PasswordPage(runtime)
+        log.info("%s listening", await password_page.start())
     runtime.events.emit(
         "gateway_start",
         reason=f"listening on {', '.join(str(a) for _, a in listeners(config))}",
@@ -386,6 +453,8 @@ async def serve(config: Config, directory: Directory | None = None) -> None:
                 server.close()
             if imap is not None:
                 await imap.close()
+            if password_page is not None:
+                await password_page.close()
             deadline = loop.time() + SHUTDOWN_GRACE_SECONDS
             runtime.queue.stop()  # attempts under way finish: cutting one could double it
             runtime.close_idle_sessions()
@@ -399,6 +468,8 @@ async def serve(config: Config, directory: Directory | None = None) -> None:
                 watcher.cancel()
     finally:
         runtime.events.emit("gateway_stop")
+        for close in observers:
+            close()
         await runtime.close()
 
 

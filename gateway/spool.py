@@ -20,12 +20,13 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 CHUNK = 1 << 20
+NEW_BODY_IN_MEMORY = 1 << 20  # bytes of a gateway-made body kept in memory
 _counter = itertools.count()
 
 
@@ -125,6 +126,15 @@ class Body:
                 if not chunk.endswith(b"\n"):
                     chunk += handle.readline()
                 yield chunk
+
+    def with_prefix(self, fields: bytes) -> Body:
+        """The same message with header ``fields`` on top. A body on disk shares its file
+        (no copy of 28 MB for one header field): discard only one of the two."""
+        if self._data is not None:
+            return Body.from_bytes(fields + self._data)
+        return Body(
+            self.size + len(fields), fields + self.headers, None, self.path, fields + self._prefix
+        )
 
     def discard(self) -> None:
         """Forget the body; removes its spill file, if any."""
@@ -240,6 +250,12 @@ class Spool:
         def edit(head: bytes) -> bytes:
             return added + (drop_fields(head, remove) if remove else head)
 
+        return self.with_header_section(body, edit, queue_id)
+
+    def with_header_section(
+        self, body: Body, edit: Callable[[bytes], bytes], queue_id: str
+    ) -> Body:
+        """A copy of ``body`` whose header section is ``edit(section)`` (blocking)."""
         if body.in_memory:
             data = body.read()
             cut = len(header_section(data))
@@ -257,6 +273,15 @@ class Spool:
             for chunk in chunks:
                 out.write(chunk)
         return Body.from_file(target, edit(body.headers))
+
+    def new_body(self, data: bytes, queue_id: str) -> Body:
+        """A body made by the gateway (a signed or encrypted message): in memory when
+        small, else in a spill file like a large DATA (blocking: run in a thread)."""
+        if len(data) <= NEW_BODY_IN_MEMORY:
+            return Body.from_bytes(data)
+        target = self.incoming / f"{queue_id}.{secrets.token_hex(4)}.tmp"
+        target.write_bytes(data)
+        return Body.from_file(target, header_section(data))
 
     def body_path(self, queue_id: str) -> Path:
         return self.queue / f"{queue_id}.eml"

@@ -14,8 +14,10 @@ import contextlib
 import os
 import ssl
 from asyncio import sslproto
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -74,6 +76,25 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     context.load_cert_chain(cert, key)
     return context
+
+
+def following_context(
+    cert: Path, key: Path, current: Callable[[], ssl.SSLContext | None]
+) -> ssl.SSLContext:
+    """A context for a listening socket that owns its TLS (aiohttp's site, asyncio's
+    ``start_server(ssl=...)``): such a socket keeps the context it was made with, so this
+    one's SNI callback (called for every ClientHello, with or without a server name) moves
+    each new handshake onto ``current()``, the context SIGHUP last built. A renewed
+    certificate then serves the next connection without a restart."""
+    front = server_context(cert, key)
+
+    def follow(connection: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+        latest = current()
+        if latest is not None and latest is not context:
+            connection.context = latest
+
+    front.sni_callback = follow
+    return front
 
 
 class AlertingSSLProtocol(sslproto.SSLProtocol):

@@ -432,6 +432,22 @@ class Directory:
         rows = self._query("SELECT * FROM mailboxes WHERE address = ?", (login.strip(),))
         return (_mailbox(rows[0]), rows[0]["password_hash"]) if rows else None
 
+    def change_password(self, address: str, old_hash: str, new_hash: str) -> bool:
+        """A user's own change (the password page): store ``new_hash`` and clear "must
+        change", only if the stored hash is still ``old_hash`` (the one the user's current
+        password was checked against) and the mailbox may still log in. ``new_hash`` is
+        made by the caller on its argon2 pool; the policy was checked on the password."""
+        allowed = tuple(sorted(CAN_AUTHENTICATE))
+        marks = ", ".join("?" for _ in allowed)
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE mailboxes SET password_hash = ?, must_change = 0,"
+                " password_changed_at = ? WHERE address = ? AND password_hash = ?"
+                f" AND state IN ({marks})",
+                (new_hash, now_text(), address, old_hash, *allowed),
+            )
+        return cursor.rowcount == 1
+
     def upgrade_password_hash(self, address: str, old_hash: str, new_hash: str) -> bool:
         """Store a re-made hash of the same password (new argon2 parameters), unless the
         password changed meanwhile; not a password change, so no date or flag moves."""

@@ -78,14 +78,32 @@ def check_password(
         return True, True
 
 
-def policy_violation(password: str, account: str) -> str | None:
+@dataclass(frozen=True, slots=True)
+class PolicyBreach:
+    """The MOST 17.4 rule a password breaks, in English (CLI, events) and Vietnamese
+    (the self-service page shows both next to the field)."""
+
+    rule: str  # a short name: "length", "account_name", "classes"
+    en: str
+    vi: str
+
+
+def policy_breach(password: str, account: str) -> PolicyBreach | None:
     """The MOST 17.4 rule ``password`` breaks for ``account``, or None if it complies."""
     password = normalized(password)
     if len(password) < MIN_LENGTH:
-        return f"at least {MIN_LENGTH} characters (MOST 17.4)"
+        return PolicyBreach(
+            "length",
+            f"at least {MIN_LENGTH} characters (MOST 17.4)",
+            f"ít nhất {MIN_LENGTH} ký tự (Điều 17.4)",
+        )
     name = account.split("@", 1)[0].lower()
     if name and name in password.lower():
-        return "must not be or contain the account name (MOST 17.4)"
+        return PolicyBreach(
+            "account_name",
+            "must not be or contain the account name (MOST 17.4)",
+            "không được trùng hoặc chứa tên tài khoản (Điều 17.4)",
+        )
     classes = [
         any(c.isupper() for c in password),
         any(c.islower() for c in password),
@@ -93,8 +111,18 @@ def policy_violation(password: str, account: str) -> str | None:
         any(not c.isalnum() for c in password),
     ]
     if sum(classes) < 3:
-        return "at least 3 of: upper case, lower case, digit, special character (MOST 17.4)"
+        return PolicyBreach(
+            "classes",
+            "at least 3 of: upper case, lower case, digit, special character (MOST 17.4)",
+            "có ít nhất 3 trong 4 loại: chữ hoa, chữ thường, chữ số, ký tự đặc biệt (Điều 17.4)",
+        )
     return None
+
+
+def policy_violation(password: str, account: str) -> str | None:
+    """The MOST 17.4 rule ``password`` breaks for ``account`` in English, or None."""
+    breach = policy_breach(password, account)
+    return breach.en if breach else None
 
 
 def generate_password(account: str, length: int = 14) -> str:

@@ -57,6 +57,17 @@ KNOWN_EVENTS: tuple[str, ...] = (
     "group_policy_changed",
     "unit_added",
     "directory_imported",
+    # keys (mailgate keys)
+    "key_generated",
+    "key_imported",
+    "key_removed",
     # log retention
     "log_purged",
+    "log_compressed",
+    "log_anchored",
+    "log_anchor_failed",
+    "log_verified",
+    "log_exported",
+    # bugs and broken resources: the type and place, never the message
+    "internal_error",
 )

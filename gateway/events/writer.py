@@ -4,6 +4,17 @@ Only this module writes the log. Each event is a single ``os.write`` on an
 ``O_APPEND`` descriptor, so lines from the server and the CLI never interleave
 and a crash leaves at most one torn last line, which the search skips.
 
+Each line also carries the hash chain (:mod:`gateway.events.chain`). The server and CLI
+processes append to the same day file, so the chain must follow the file's real line
+order: an exclusive ``flock`` is held around "find the previous chain value + append",
+and the file's tail is read again only when its size is not what this process last
+wrote (another process appended). Cost: an fstat, two flocks and one sha256 per event.
+
+A crash can leave a torn last line (no newline). The next writer starts its record on a
+new line and chains it to the last *complete* chained record: the torn fragment was never
+a whole event, stays in the file for the record, and ``logs verify`` reports it as torn
+without calling the chain broken (its neighbours still link).
+
 A message that got 250 must not lose its record in a power cut, yet emit runs on the
 event loop and an fsync per event would stall every session. So emit only writes; a
 daemon thread fsyncs the day file at most ``sync_interval`` seconds after a write
@@ -12,6 +23,7 @@ daemon thread fsyncs the day file at most ``sync_interval`` seconds after a writ
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -21,11 +33,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.events.chain import CHAIN_FIELD, GENESIS, link_hash, previous_day_link, read_tail
+
 EVENT_FILE_PREFIX = "events-"
 EVENT_FILE_SUFFIX = ".jsonl"
 SYNC_INTERVAL_SECONDS = 1.0
 
 log = logging.getLogger("gateway.events")
+# Fields only the writer sets: a caller's value would forge or break the chain.
+_CHAIN_KEYS = frozenset({CHAIN_FIELD, "seq", "prev_day", "prev_seq"})
 
 
 def event_file_name(day: str) -> str:
@@ -54,21 +70,30 @@ class EventLog:
         self._day = ""
         self._fd: int | None = None
         self._dirty = False  # written since the last fsync
+        self._size = -1  # the day file's size after this process's last write; -1: unknown
+        self._prev = GENESIS  # chain value of the day's last record, valid while size matches
+        self._seq = 0
+        self._torn = False
+        self._first_link: tuple[bytes, int] | None = None  # (prev_day, prev_seq) for seq 1
         self.write_failures = 0  # events that could not be written (disk full, I/O error)
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
+        # Called with each record once it is written (metrics, syslog forwarding); they
+        # run on the emitting thread and must be quick: a dictionary update, a queue put.
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         """Record one event; ``None`` fields are left out. Returns the record written."""
         now = self._clock()
         record: dict[str, Any] = {"ts": rfc3339(now), "event": event}
-        record.update((k, v) for k, v in fields.items() if v is not None)
+        record.update((k, v) for k, v in fields.items() if v is not None and k not in _CHAIN_KEYS)
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
-        data = (line + "\n").encode("utf-8", "surrogateescape")
+        body = line[:-1].encode("utf-8", "surrogateescape")  # without the closing brace
+        day = now.astimezone(UTC).strftime("%Y-%m-%d")
         with self._lock:
             try:
-                os.write(self._descriptor(now.astimezone(UTC).strftime("%Y-%m-%d")), data)
+                self._append(self._descriptor(day), day, body)
             except OSError as exc:
                 # A full or failing log disk must not turn a delivered message into a 451
                 # (the sender would send it again) nor stop the gateway: count and say so.
@@ -83,7 +108,55 @@ class EventLog:
                     target=self._sync_loop, name="events-fsync", daemon=True
                 )
                 self._syncer.start()
+        for observer in self.observers:
+            try:
+                observer(record)
+            except Exception:  # an observer's bug must not cost the record or the sender
+                log.exception("event observer %r failed", observer)
         return record
+
+    def _append(self, fd: int, day: str, body: bytes) -> None:
+        """Chain ``body`` to the day's last record and append it, under the file's lock."""
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            size = os.fstat(fd).st_size
+            if size != self._size:
+                self._load_tail(fd, size, day)
+            seq = self._seq + 1
+            if seq == 1 and self._first_link is not None:
+                body += b',"prev_day":"%s","prev_seq":%d' % self._first_link
+            body += b',"seq":%d}' % seq
+            chain = link_hash(self._prev, body)
+            data = body[:-1] + b',"chain":"%s"}\n' % chain.encode("ascii")
+            if self._torn:
+                data = b"\n" + data  # leave the torn fragment on a line of its own
+            written = os.write(fd, data)
+            if written != len(data):  # a short write (disk full): the next emit re-reads
+                self._size = -1
+                return
+            self._size = size + written
+            self._prev, self._seq, self._torn = chain, seq, False
+        except BaseException:
+            self._size = -1
+            raise
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _load_tail(self, fd: int, size: int, day: str) -> None:
+        """Where the day's chain stands: its file's last chained record, or else the last
+        chained record of the latest earlier day (the link across days)."""
+        tail = read_tail(fd, size)
+        self._torn = tail.torn
+        self._first_link = None
+        if tail.chain is not None:
+            self._prev, self._seq = tail.chain, tail.seq
+            return
+        self._prev, self._seq = GENESIS, 0
+        found = previous_day_link(self.log_dir, day)
+        if found is not None:
+            prev_day, link = found
+            self._prev = link.chain
+            self._first_link = (prev_day.encode("ascii"), link.seq)
 
     def sync(self) -> bool:
         """Fsync the day file if anything was written since the last time; True if it did.
@@ -119,8 +192,9 @@ class EventLog:
             if self._fd is not None:
                 self._close_fd()  # once a day: the old day's tail is made durable here
             path = self.log_dir / event_file_name(day)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)  # reads its tail
             self._day = day
+            self._size = -1  # a new file: find where its chain stands
         return self._fd
 
     def _close_fd(self) -> None:

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.directory.lifecycle import effective_state
 from gateway.directory.mailboxes import CAN_AUTHENTICATE
+from gateway.events.errors import describe
 from gateway.imap.session import ImapSession
+from gateway.tls import following_context
 
 if TYPE_CHECKING:
     from gateway.auth import Authenticator
@@ -65,7 +67,7 @@ class ImapProxy:
         assert config is not None
         bound = [await self._listen("imap", config.listen)]
         if config.listen_tls is not None:
-            bound.append(await self._listen("imaps", config.listen_tls, ssl=self._current_tls()))
+            bound.append(await self._listen("imaps", config.listen_tls, ssl=self._imaps_tls()))
         return bound
 
     async def _listen(self, name: str, address: ListenAddress, **tls: Any) -> str:
@@ -78,10 +80,11 @@ class ImapProxy:
         self._servers.append(server)
         return f"{name} {address}"
 
-    def _current_tls(self) -> ssl.SSLContext:
-        context = self.services.tls
-        assert context is not None, "check-config requires smtp.tls_cert for imap.listen_tls"
-        return context
+    def _imaps_tls(self) -> ssl.SSLContext:
+        """Follows SIGHUP's renewed certificate (``following_context``)."""
+        smtp = self.services.config.smtp
+        assert smtp.tls_cert and smtp.tls_key, "check-config requires them for imap.listen_tls"
+        return following_context(smtp.tls_cert, smtp.tls_key, lambda: self.services.tls)
 
     async def _accept(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener: str
@@ -118,8 +121,9 @@ class ImapProxy:
             await asyncio.sleep(config.check_interval if config else 2.0)
             try:
                 await self.check_sessions()
-            except Exception:  # a directory hiccup must not stop the watch
+            except Exception as exc:  # a directory hiccup must not stop the watch
                 self.services.log.exception("IMAP session check failed")
+                self.services.events.emit("internal_error", reason=f"imap watch: {describe(exc)}")
 
     async def check_sessions(self) -> int:
         """One pass of the watch; returns how many sessions it ended."""

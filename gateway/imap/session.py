@@ -19,6 +19,7 @@ import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
+from gateway.events.errors import describe
 from gateway.imap.pipe import Pipe
 from gateway.imap.syntax import Command, LineTooLong, Malformed, read_command, read_line
 from gateway.imap.upstream import Upstream, UpstreamError, open_session
@@ -107,7 +108,7 @@ class ImapSession:
             self.end_reason = self.end_reason if self.end_reason != "closed" else "cancelled"
         except Exception as exc:  # a bug ends this session only
             self.services.log.exception("IMAP session %s failed", self.session_id)
-            self.end_reason = f"internal error: {type(exc).__name__}"
+            self.end_reason = f"internal error: {describe(exc)}"
         finally:
             self.writer.close()
             if self._upstream is not None:  # a client that left right after LOGIN
@@ -256,11 +257,18 @@ class ImapSession:
             await self.send(f"{command.tag} NO [AUTHORIZATIONFAILED] {result.reply.text}")
             return None
         mailbox = result.mailbox
-        if mailbox.must_change and config.refuse_must_change:
+        authenticator = self.services.authenticator
+        refuse_key = (
+            "imap.refuse_must_change" if config.refuse_must_change
+            else "auth.refuse_must_change" if authenticator.refuse_must_change
+            else None
+        )  # fmt: skip
+        if mailbox.must_change and refuse_key is not None:
+            notice = authenticator.must_change_notice()
             self.emit("login_refused", user=mailbox.address, mechanism=mechanism,
-                      reason="password must be changed [imap.refuse_must_change]")  # fmt: skip
-            await self.send(f"{command.tag} NO [EXPIRED] Your password must be changed before"
-                            " you can read mail (MOST 15.2) [imap.refuse_must_change]")  # fmt: skip
+                      reason=f"[{refuse_key}] {notice}")  # fmt: skip
+            await self.send(f"{command.tag} NO [EXPIRED] Your {notice}; until then you cannot"
+                            f" read mail [{refuse_key}]")  # fmt: skip
             return None
         try:
             upstream = await open_session(
@@ -281,8 +289,8 @@ class ImapSession:
         self.user = mailbox.address
         self._upstream = upstream
         if mailbox.must_change:
-            await self.send("* OK [ALERT] Your password must be changed (MOST 15.2): ask your"
-                            " mail operator until the self-service page is set up")  # fmt: skip
+            notice = authenticator.must_change_notice()
+            await self.send(f"* OK [ALERT] Your {notice}")
         await self.send(f"{command.tag} {upstream.login_reply.decode('utf-8', 'replace')}")
         return upstream
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import Envelope
 
+from gateway.events.errors import describe, describe_now
 from gateway.filters import groups as group_rules
 from gateway.pipeline import MessageContext
 from gateway.smtp import replies
@@ -222,6 +223,7 @@ class SessionHandler:
             is_group, refusal = await asyncio.to_thread(look_up)
         except sqlite3.Error:
             services.log.exception("directory lookup failed")
+            services.events.emit("internal_error", reason=f"directory lookup: {describe_now()}")
             return replies.DIRECTORY_UNAVAILABLE.with_rule("directory")
         if refusal is None:
             if is_group:
@@ -317,7 +319,7 @@ class SessionHandler:
                 sender=ctx.sender,
                 recipients=ctx.recipients,
                 code=replies.LOCAL_ERROR.code,
-                reason=f"internal error: {type(exc).__name__}",
+                reason=f"internal error: {describe(exc)}",
                 client=ctx.client,
                 listener=ctx.listener,
             )
@@ -346,6 +348,10 @@ class SessionHandler:
     async def handle_exception(self, error: Exception) -> str:
         """A bug must not leak internals (or secrets) to the client: log it, answer 451."""
         self.services.log.error("SMTP session error", exc_info=error)
+        self.services.events.emit(
+            "internal_error", listener=self.listener, code=replies.LOCAL_ERROR.code,
+            reason=f"SMTP session: {describe(error)}",
+        )  # fmt: skip
         return str(replies.LOCAL_ERROR)
 
     async def authenticate(self, server: GatewaySMTP, mechanism: str, credentials: Any) -> Any:

@@ -69,6 +69,12 @@ ATTACHMENTS_TOO_BIG = Reply(552, "5.3.4", "Attachments exceed the size allowed p
 MALFORMED_HEADERS = Reply(550, "5.6.0", "Malformed header section")
 # Never a 4xx: a message that cannot be read now will not be readable on a retry either.
 CANNOT_INSPECT = Reply(554, "5.6.0", "Cannot inspect the message content")
+# MOST 16.2: a signature the policy asks for is never skipped (gateway/signing/stage.py).
+SIGNING_UNAVAILABLE = Reply(451, "4.3.0", "Signing temporarily unavailable, try again later")
+CANNOT_SIGN = Reply(554, "5.7.1", "Cannot sign the message")
+ENCRYPTION_REFUSED = Reply(
+    550, "5.7.1", "Encryption requested but not possible for every recipient"
+)
 
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
@@ -89,6 +95,8 @@ AUTH_THROTTLED = Reply(454, "4.7.0", "Too many failed logins, try again later")
 AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
 # Only ever given to someone who proved the password: the lock itself is no secret to them.
 AUTH_MAILBOX_LOCKED = Reply(535, "5.7.8", "Mailbox locked, contact the operator")
+# MOST 15.2, MIC 7.3.c with auth.refuse_must_change: the detail names the password page.
+AUTH_MUST_CHANGE = Reply(535, "5.7.8", "Your password must be changed before you can send")
 AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too long")
 DIRECTORY_UNAVAILABLE = Reply(451, "4.3.0", "Directory temporarily unavailable")
 ALL_RECIPIENTS_FAILED = Reply(554, "5.0.0", "Delivery failed for every recipient")

@@ -54,6 +54,13 @@ class SubmissionHandler(SessionHandler):
         if result.mailbox is None:
             assert result.reply is not None
             return AuthResult(success=False, handled=False, message=str(result.reply))
+        authenticator = self.services.authenticator
+        if result.mailbox.must_change and authenticator.refuse_must_change:
+            notice = authenticator.must_change_notice()
+            reply = replies.AUTH_MUST_CHANGE.with_rule("auth.refuse_must_change", notice)
+            emit("login_refused", user=result.mailbox.address, code=reply.code,
+                 reason=f"[auth.refuse_must_change] {notice}")  # fmt: skip
+            return AuthResult(success=False, handled=False, message=str(reply))
         server.session.user = result.mailbox.address
         return AuthResult(success=True, auth_data=result.mailbox.address, message=AUTH_OK)
 

@@ -108,8 +108,13 @@ def test_maintenance_purges_logs_past_retention(gateway: Gateway) -> None:
     recent = gateway.log_dir / "events-2026-11-01.jsonl"
     recent.write_text('{"ts":"2026-11-01T00:00:00Z","event":"x"}\n')
     result = gateway.cli("maintenance", "--now", "2026-11-25")
-    assert "removed 1 day file(s)" in result.stdout
-    assert not old.exists() and recent.exists()
+    assert "removed 1 day file(s), compressed 1" in result.stdout
+    assert not old.exists() and not recent.exists()
+    assert (gateway.log_dir / "events-2026-11-01.jsonl.gz").exists()
+    assert [e["event"] for e in gateway.events() if e.get("actor") == "cli"][-2:] == [
+        "log_purged",
+        "log_compressed",
+    ]
 
 
 def test_files_the_gateway_writes_are_private(gateway: Gateway, sink: Sink) -> None:

@@ -350,7 +350,7 @@ def test_retire_records_the_departure(gw: Gateway) -> None:
 def test_maintenance_with_nothing_due(gw: Gateway) -> None:
     seed(gw, Registration(addr("dvbe"), "Đỗ Văn Bê"))
     assert run(gw, "maintenance") == [
-        "lifecycle: 0 change(s); log retention: removed 0 day file(s)",
+        "lifecycle: 0 change(s); log retention: removed 0 day file(s), compressed 0",
         "log index: 1 day(s) indexed, 0 up to date, 0 removed",  # today's file
     ]
     assert [e["event"] for e in admin_events(gw)] == ["log_purged"]

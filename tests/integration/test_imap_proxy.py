@@ -18,7 +18,7 @@ import pytest
 
 from gateway.directory.mailboxes import Directory, Registration
 from tests.integration.dovecot import PrivateDovecot
-from tests.integration.harness import Gateway, Sink, free_port, make_tls_files
+from tests.integration.harness import Gateway, Sink, free_port, make_tls_files, wait_for_port
 
 AN, CHI = "an@example.gov.vn", "chi@example.gov.vn"
 PASSWORDS = {AN: "Kx7-Lop-Vuot-2026", CHI: "Quy-9-Bien-Xa-2026"}
@@ -69,7 +69,12 @@ def proxy_gateway(
             directory.add(Registration(address, address.split("@")[0]), password)
     finally:
         directory.close()
-    return gateway.start()
+    gateway.start()
+    # serve binds SMTP first: under load the proxy's port can lag behind (connection refused)
+    wait_for_port(gateway.imap_port, process=gateway.process)
+    if imap.get("listen_tls"):
+        wait_for_port(int(str(imap["listen_tls"]).rsplit(":", 1)[1]), process=gateway.process)
+    return gateway
 
 
 @pytest.fixture

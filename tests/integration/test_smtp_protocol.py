@@ -41,7 +41,9 @@ def test_local_recipient_is_relayed_with_received_header_and_queue_id(
     queue_id = text.decode().rsplit(" ", 1)[1]
     received = sink.wait_messages(1)[0]
     assert received.recipients == ["bob@example.gov.vn"]
-    assert received.data.startswith(b"Received: from ")
+    # Inbound: our verification results on top (RFC 8601 5), then our Received.
+    stamp = b"Authentication-Results: mx.example.gov.vn;\r\n\tdkim=none\r\n"
+    assert received.data.startswith(stamp + b"Received: from ")
     assert f"id {queue_id}".encode() in received.data.split(b"\r\n\r\n")[0]
     assert received.data.endswith(MESSAGE)
     accepted = gateway.wait_event("message_accepted")
@@ -186,11 +188,12 @@ def test_large_message_spills_to_disk_and_arrives_intact(gateway: Gateway, sink:
     # The body sat on disk, not in memory, while it was relayed (past spill_threshold).
     assert len(spilled) == 1 and spilled[0] >= len(body) - 1
     (received,) = sink.wait_messages(1)
-    # Byte-exact after our one Received field (dot-stuffing undone, nothing else added).
-    assert received.data.startswith(b"Received: ")
+    # Byte-exact after our Authentication-Results and Received fields (dot-stuffing
+    # undone, nothing else added).
+    assert received.data.startswith(b"Authentication-Results: mx.example.gov.vn;")
     assert received.data.endswith(body)
     head = received.data[: -len(body)]
-    assert head.count(b"\r\nReceived: ") == 0 and b"\r\n\r\n" not in head
+    assert head.count(b"\r\nReceived: ") == 1 and b"\r\n\r\n" not in head
     assert list(incoming.iterdir()) == []  # and dropped once relayed
 
 

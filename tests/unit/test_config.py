@@ -97,6 +97,8 @@ def test_shipped_config_loads_with_a_generated_tls_pair(tmp_path: Path) -> None:
     assert config.delivery.outbound == DeliveryTarget("smtp", "127.0.0.1", 2526)
     assert config.log.retention_days == 183
     assert config.imap is None
+    assert config.web is not None and config.web.listen == ListenAddress("127.0.0.1", 8443)
+    assert config.password_url == "https://mail.example.gov.vn:8443/password"
     # [queue] is optional: its defaults apply.
     assert config.queue.retry_min_seconds == 60.0
     assert config.queue.retry_max_seconds == 3600.0
@@ -583,3 +585,147 @@ def test_imap_tls_needs_the_certificate(tmp_path: Path) -> None:
         data(imap=imap_section(secret, listen_tls="127.0.0.1:9933")), tmp_path, "imap.listen_tls"
     )
     assert "IMAPS needs smtp.tls_cert" in problem
+
+
+# -- [web]: the password page ---------------------------------------------------------------
+
+
+def tls_pair(tmp_path: Path) -> dict[str, str]:
+    write_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem", "mail.example.gov.vn")
+    return {"tls_cert": str(tmp_path / "cert.pem"), "tls_key": str(tmp_path / "key.pem")}
+
+
+def test_web_section_is_optional_and_off_without_it(tmp_path: Path) -> None:
+    config = parse_config(data(), tmp_path / "gw.toml")
+    assert config.web is None and config.password_url is None
+    assert config.auth.refuse_must_change is False
+
+
+def test_web_needs_the_tls_pair(tmp_path: Path) -> None:
+    problem = only_problem(data(web={"listen": "127.0.0.1:8443"}), tmp_path, "web.listen")
+    assert "HTTPS only" in problem and "smtp.tls_cert" in problem
+
+
+def test_web_public_url_must_be_https(tmp_path: Path) -> None:
+    raw = data(smtp=tls_pair(tmp_path), web={"listen": "127.0.0.1:8443", "public_url": "http://x"})
+    problem = only_problem(raw, tmp_path, "web.public_url")
+    assert "https://" in problem
+
+
+def test_web_listener_must_not_collide(tmp_path: Path) -> None:
+    raw = data(smtp=tls_pair(tmp_path), web={"listen": "127.0.0.1:5870"})
+    problem = only_problem(raw, tmp_path, "web.listen")
+    assert "smtp.submission_listen" in problem
+
+
+def test_web_page_url_defaults_from_the_hostname_and_public_url_wins(tmp_path: Path) -> None:
+    raw = data(smtp=tls_pair(tmp_path), web={"listen": "0.0.0.0:443"})
+    assert parse_config(raw, tmp_path / "gw.toml").password_url == (
+        "https://mail.example.gov.vn/password"
+    )
+    raw["web"]["public_url"] = "https://matkhau.example.gov.vn/password"
+    config = parse_config(raw, tmp_path / "gw.toml")
+    assert config.password_url == "https://matkhau.example.gov.vn/password"
+
+
+def test_web_unknown_key_is_named(tmp_path: Path) -> None:
+    raw = data(smtp=tls_pair(tmp_path), web={"listen": "127.0.0.1:8443", "lisen": "x"})
+    problem = only_problem(raw, tmp_path, "web.lisen")
+    assert "listen" in problem
+
+
+# -- [signing] ------------------------------------------------------------------------------
+
+
+def test_signing_defaults_and_dkim_table(tmp_path: Path) -> None:
+    config = parse_config(data(), tmp_path / "gw.toml")
+    assert config.signing.dkim is None and config.signing.missing_recipient_key == "reject"
+    assert config.signing.encrypt_subject_tags == ("[encrypt]", "[mã hóa]")
+    raw = data(signing={"dkim": {"selector": "mail2026"}, "preference": "pgp"})
+    config = parse_config(raw, tmp_path / "gw.toml")
+    assert config.signing.dkim is not None and config.signing.dkim.selector == "mail2026"
+    assert config.signing.preference == "pgp"
+
+
+@pytest.mark.parametrize(
+    ("signing", "key", "says"),
+    [
+        ({"missing_recipient_key": "drop"}, "signing.missing_recipient_key", '"send-plain"'),
+        ({"dkim": {"selector": "a b"}}, "signing.dkim.selector", "DNS label"),
+        ({"dkim": {"selectr": "mail"}}, "signing.dkim.selectr", "selector"),
+        ({"encrypt_subject_tags": "[encrypt]"}, "signing.encrypt_subject_tags", "list"),
+    ],
+)
+def test_signing_mistakes_name_their_key(
+    tmp_path: Path, signing: dict[str, Any], key: str, says: str
+) -> None:
+    problems = problems_of(data(signing=signing), tmp_path)
+    assert any(p.startswith(f"{key}: ") and says in p for p in problems), problems
+
+
+def test_check_config_warns_about_a_local_domain_without_a_dkim_key(tmp_path: Path) -> None:
+    from gateway.signing.keys import KeyStore
+
+    config = parse_config(data(signing={"dkim": {"selector": "mail"}}), tmp_path / "gw.toml")
+    assert any("keys dkim-generate example.gov.vn" in w for w in advisories(config))
+    KeyStore(config.gateway.data_dir).generate_dkim("example.gov.vn", "mail", "ed25519")
+    assert not any("signing.dkim" in w for w in advisories(config))
+
+
+def test_signing_ca_and_crl_files_must_hold_what_they_say(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    problems = problems_of(
+        data(signing={"smime_ca_file": str(junk), "crl_file": str(junk)}), tmp_path
+    )
+    assert any(p.startswith("signing.smime_ca_file: ") for p in problems), problems
+    assert any(p.startswith("signing.crl_file: ") for p in problems), problems
+
+
+# -- [log] anchors and [metrics] ---------------------------------------------------------
+
+
+def test_log_anchor_keys_parse(tmp_path: Path) -> None:
+    ca = tmp_path / "tsa-ca.pem"
+    write_self_signed(ca, tmp_path / "k.pem", "tsa.example")
+    raw = data(
+        log={
+            "timestamp_authority": "http://tsa.example/tsr",
+            "timestamp_ca_file": str(ca),
+            "syslog": "udp:127.0.0.1:514",
+            "syslog_events": True,
+        },
+        metrics={"listen": "127.0.0.1:9464"},
+    )
+    config = parse_config(raw, tmp_path / "gw.toml")
+    assert config.log.timestamp_authority == "http://tsa.example/tsr"
+    assert str(config.log.syslog) == "udp:127.0.0.1:514"
+    assert config.log.syslog_events is True
+    assert config.metrics is not None and config.metrics.listen == ListenAddress("127.0.0.1", 9464)
+    assert parse_config(data(), tmp_path / "gw.toml").metrics is None
+
+
+def test_a_timestamp_authority_needs_its_ca(tmp_path: Path) -> None:
+    raw = data(log={"timestamp_authority": "http://tsa.example/tsr"})
+    assert "needs the authority's CA" in only_problem(raw, tmp_path, "log.timestamp_ca_file")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("timestamp_authority", "tsa.example", "expected an http:// or https:// URL"),
+        ("syslog", "/dev/log", 'expected "unix:/dev/log", "udp:HOST:PORT"'),
+        ("syslog", "udp:loghost", 'expected "unix:/dev/log", "udp:HOST:PORT"'),
+    ],
+)
+def test_bad_anchor_values_name_the_key(tmp_path: Path, key: str, value: str, says: str) -> None:
+    problems = problems_of(data(log={key: value}), tmp_path)
+    assert any(p.startswith(f"log.{key}: {says}") for p in problems), problems
+
+
+def test_metrics_keys_are_checked(tmp_path: Path) -> None:
+    inbound = MINIMAL["smtp"]["inbound_listen"]
+    message = only_problem(data(metrics={"listen": inbound}), tmp_path, "metrics.listen")
+    assert "also used by smtp.inbound_listen" in message
+    message = only_problem(data(metrics={"listen": "x:1", "port": 1}), tmp_path, "metrics.port")
+    assert "unknown key" in message

@@ -553,3 +553,42 @@ async def test_the_parse_is_asked_for_the_scans_of_the_enabled_filters() -> None
     verdict = await run_filters(ctx, enabled)
     assert verdict.action is Action.ACCEPT
     assert seen == [(Scan("classification", find_marker, cfg),)]
+
+
+# -- per-recipient bodies (signing: each recipient its own ciphertext) ------------------------
+
+
+class GroupsStage:
+    """A signing stage that gives each recipient a body of its own."""
+
+    async def run(self, ctx: MessageContext) -> list[Verdict]:
+        groups = [
+            ((r,), Body.from_bytes(MESSAGE + f"for {r}\r\n".encode())) for r in ctx.recipients
+        ]
+        return [Verdict.transform("smime", "encrypted per recipient", deliveries=groups)]
+
+
+async def test_each_recipient_gets_its_own_body_and_each_deferred_body_is_spooled(
+    setup: Setup,
+) -> None:
+    setup.relay.signing = GroupsStage()  # type: ignore[assignment]
+    setup.outbound.answers["slow@other.gov.vn"] = TEMP_451
+    setup.outbound.answers["late@other.gov.vn"] = TEMP_451
+    ctx = context(["fast@other.gov.vn", "slow@other.gov.vn", "late@other.gov.vn"])
+    reply = await setup.relay.handle(ctx)
+
+    assert reply.code == 250
+    delivered = {
+        tuple(recipients): body
+        for (_, recipients), body in zip(setup.outbound.calls, setup.outbound.bodies, strict=True)
+    }
+    assert set(delivered) == {(r,) for r in ctx.recipients}  # one transaction per body
+    assert delivered[("fast@other.gov.vn",)].endswith(b"for fast@other.gov.vn\r\n")
+    entries, problems = setup.spool.load()
+    assert problems == []
+    by_recipient = {tuple(e.pending): e for e in entries}
+    assert set(by_recipient) == {("slow@other.gov.vn",), ("late@other.gov.vn",)}
+    assert {e.queue_id for e in entries} == {ctx.queue_id + ".1", ctx.queue_id + ".2"}
+    for (recipient,), entry in by_recipient.items():
+        assert setup.spool.body(entry.queue_id).read().endswith(f"for {recipient}\r\n".encode())
+    assert "[smime] encrypted per recipient" in setup.named("message_transformed")[0]["reason"]

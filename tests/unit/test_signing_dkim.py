@@ -1,0 +1,108 @@
+"""gateway/signing/dkim.py and results.py without a network: signatures made with
+cryptography's keys verify with dkimpy's own code; results name what they saw."""
+
+from __future__ import annotations
+
+import dkim as dkimpy
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from gateway.signing import dkim, results
+from gateway.signing.stage import from_domain
+
+MESSAGE = (
+    b"From: =?utf-8?b?VHLhuqduIEhvYQ==?= <hoa@example.gov.vn>\r\n"
+    b"To: partner@other.org\r\nSubject: Bao cao\r\n"
+    b"Date: Mon, 07 Dec 2026 10:00:00 +0700\r\nMessage-ID: <a1@example.gov.vn>\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: 8bit\r\n\r\n" + "Nội dung công văn.\r\n".encode() * 50
+)
+RSA = rsa.generate_private_key(65537, 2048)
+ED = ed25519.Ed25519PrivateKey.generate()
+
+
+def lookup_for(key: dkim.SigningKey):  # type: ignore[no-untyped-def]
+    value = dkim.record_text("mail", "example.gov.vn", key)
+    return lambda name, timeout=5: value if name == b"mail._domainkey.example.gov.vn." else None
+
+
+@pytest.mark.parametrize("key", [RSA, ED], ids=["rsa", "ed25519"])
+def test_signature_verifies_with_dkimpy_and_breaks_when_tampered(key: dkim.SigningKey) -> None:
+    signed = dkim.signature_field(MESSAGE, "example.gov.vn", "mail", key) + MESSAGE
+    lookup = lookup_for(key)
+    assert dkimpy.verify(signed, dnsfunc=lookup)
+    assert [r.result for r in dkim.verify(signed, lookup)] == ["pass"]
+    body_changed = signed.replace("công văn".encode(), b"cong van", 1)
+    assert [r.result for r in dkim.verify(body_changed, lookup)] == ["fail"]
+    subject_changed = signed.replace(b"Subject: Bao cao", b"Subject: Bao cao!")
+    assert [r.result for r in dkim.verify(subject_changed, lookup)] == ["fail"]
+
+
+def test_relaxed_canonicalisation_survives_refolding_and_trailing_spaces() -> None:
+    signed = dkim.signature_field(MESSAGE, "example.gov.vn", "mail", RSA) + MESSAGE
+    relayed = signed.replace(b"Subject: Bao cao", b"Subject:   Bao\r\n  cao")
+    relayed = relayed.replace(b"\r\n\r\n", b"\r\n\r\n", 1).replace(b".\r\n", b".  \r\n")
+    assert [r.result for r in dkim.verify(relayed, lookup_for(RSA))] == ["pass"]
+
+
+def test_from_is_signed_twice_so_a_second_from_breaks_it() -> None:
+    field = dkim.signature_field(MESSAGE, "example.gov.vn", "mail", RSA)
+    tags = b"".join(field.split(b"\r\n"))
+    h = tags.split(b"h=", 1)[1].split(b";", 1)[0].replace(b" ", b"").split(b":")
+    assert h.count(b"from") == 2
+    forged = field + b"From: boss@example.gov.vn\r\n" + MESSAGE
+    assert [r.result for r in dkim.verify(forged, lookup_for(RSA))] == ["fail"]
+
+
+def test_missing_key_is_permerror_and_a_dns_failure_temperror() -> None:
+    signed = dkim.signature_field(MESSAGE, "example.gov.vn", "mail", RSA) + MESSAGE
+    (missing,) = dkim.verify(signed, lambda name, timeout=5: None)
+    assert missing.result == "permerror" and missing.domain == "example.gov.vn"
+
+    def failing(name: bytes, timeout: float = 5) -> bytes:
+        raise dkim.TxtTemporaryError("DNS lookup timed out")
+
+    (unknown,) = dkim.verify(signed, failing)
+    assert unknown.result == "temperror" and unknown.selector == "mail"
+    assert dkim.verify(MESSAGE, failing) == []  # not signed: nothing looked up
+
+
+def test_record_is_one_line_and_splits_long_keys_into_txt_strings() -> None:
+    line = dkim.dns_record("mail", "example.gov.vn", RSA)
+    assert line.startswith('mail._domainkey.example.gov.vn. IN TXT "v=DKIM1; k=rsa; p=')
+    assert "\n" not in line and all(len(p) <= 255 for p in line.split('"')[1::2])
+    assert dkim.record_text("mail", "example.gov.vn", ED).startswith(b"v=DKIM1; k=ed25519; p=")
+
+
+def test_only_our_authentication_results_are_dropped() -> None:
+    section = (
+        b"Authentication-Results: MX.example.gov.vn; dkim=pass\r\n"
+        b"Authentication-Results: mx.example.gov.vn 1;\r\n\tdkim=pass header.d=x\r\n"
+        b"Authentication-Results: relay.other.vn; spf=pass\r\n"
+        b"Subject: mx.example.gov.vn\r\n"
+    )
+    kept, dropped = results.drop_ours(section, "mx.example.gov.vn")
+    assert dropped == 2
+    assert (
+        kept
+        == b"Authentication-Results: relay.other.vn; spf=pass\r\nSubject: mx.example.gov.vn\r\n"
+    )
+
+
+def test_header_value_names_each_method() -> None:
+    value = results.header_value(
+        "mx.example.gov.vn",
+        [
+            results.MethodResult("dkim", "pass", (("header.d", "a.vn"), ("header.s", "m"))),
+            results.MethodResult("smime", "fail", reason='bad "sig"'),
+        ],
+    )
+    assert value == (
+        "mx.example.gov.vn;\r\n\tdkim=pass header.d=a.vn header.s=m;"
+        '\r\n\tsmime=fail reason="bad sig"'
+    )
+
+
+def test_from_domain() -> None:
+    assert from_domain(MESSAGE.split(b"\r\n\r\n")[0] + b"\r\n") == "example.gov.vn"
+    assert from_domain(b"To: x@y.vn\r\n") is None
