@@ -17,7 +17,7 @@ from typing import Any
 from gateway.events.index import bare_id, record_keys
 from gateway.events.lookup import key_needles, search_days
 from gateway.events.search import sort_key
-from gateway.events.table import clean, times
+from gateway.events.table import EVENT_WIDTH, clean, fit, times
 
 __all__ = ["outcome", "story", "trace"]
 
@@ -88,7 +88,8 @@ def describe(record: Record) -> str:
     if event == "group_expanded":
         return f"group {clean(get('group'))} expanded to {_list(get('recipients'))}"
     if event == "delivered":
-        return f"delivered to {_list(get('recipients'))}{hop}{attempt}: {reply}"
+        what = "bounce delivered" if get("sender") == "" else "delivered"
+        return f"{what} to {_list(get('recipients'))}{hop}{attempt}: {reply}"
     if event == "deferred":
         return f"deferred for {_list(get('recipients'))}{hop}{attempt}: {reply}"
     if event == "delivery_failed":
@@ -140,5 +141,6 @@ def story(message_id: str, records: list[Record]) -> Iterator[str]:
     yield f"message {clean(message_id)}: {len(records)} event(s)"
     for record in records:
         utc, local = times(record)
-        yield f"  {utc} UTC  {local} local  {clean(record.get('event')):<18}  {describe(record)}"
+        event = fit(clean(record.get("event")), EVENT_WIDTH)
+        yield f"  {utc} UTC  {local} local  {event}  {describe(record)}"
     yield f"outcome: {outcome(records)}"

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.events.index import update
+from gateway.events.table import EVENT_WIDTH
 from gateway.events.trace import outcome, story, trace
 from gateway.events.writer import EventLog
 
@@ -89,10 +90,13 @@ def test_story_is_readable(tmp_path: Path) -> None:
         "received from an@mof.gov.vn for all@mof.gov.vn: answered 250",
         "refused for c@x.vn via smtp://relay (attempt 2): 550 no such user",
         "bounce sent to an@mof.gov.vn for c@x.vn",
-        "delivered to an@mof.gov.vn",
+        "bounce delivered to an@mof.gov.vn",
     ):
         assert phrase in text, phrase
     assert lines[-1] == "outcome: delivered: b@mof.gov.vn; bounced: c@x.vn"
+    assert len({line.index(" local  ") for line in lines[1:-1]}) == 1
+    column = lines[1].index(" local  ") + len(" local  ") + EVENT_WIDTH + 2
+    assert all(line[column - 2 : column] == "  " and line[column] != " " for line in lines[1:-1])
 
 
 def test_refused_message_and_unknown_id(tmp_path: Path) -> None:
