@@ -13,17 +13,18 @@ Where each command lives (this module parses; the work is done where named):
   directory database ``serve`` needs.
 - ``mailbox``, ``group``, ``unit``, ``address``, ``directory``, ``report``: one function
   each in ``gateway.admin`` (which also declares their arguments).
-- ``logs search``: :func:`cmd_logs_search` -> ``gateway.events.search``.
+- ``logs search``, ``logs trace``, ``logs index``: ``gateway.logs_cli`` (search and trace
+  also reached without this module through ``gateway.entry``, the console script) ->
+  ``gateway.events.search``, ``.trace``, ``.index``.
 - ``logs verify``, ``logs export``: :func:`cmd_logs_verify`, :func:`cmd_logs_export` ->
   ``gateway.events.verify`` / ``gateway.events.export`` (arguments: :func:`add_chain_commands`).
-- ``maintenance``: :func:`cmd_maintenance` -> ``gateway.directory.lifecycle`` and
-  ``gateway.events.retention``.
+- ``maintenance``: :func:`cmd_maintenance` -> ``gateway.directory.lifecycle``,
+  ``gateway.events.retention`` and ``gateway.events.index.update``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tomllib
@@ -51,9 +52,9 @@ from gateway.directory.mailboxes import (
     database_path,
 )
 from gateway.directory.passwords import measure_cost, meets_owasp, meets_rfc9106
-from gateway.events.names import KNOWN_EVENTS
 from gateway.events.retention import apply_retention
-from gateway.events.search import Query, format_event, parse_time, search
+from gateway.events.search import parse_time
+from gateway.logs_cli import LogsError, add_logs_commands
 from gateway.signing.commands import KeyCommandError, add_key_commands
 
 
@@ -228,36 +229,6 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_logs_search(args: argparse.Namespace) -> int:
-    config = _config(args)
-    try:
-        query = Query(
-            since=parse_time(args.since) if args.since else None,
-            until=parse_time(args.until, end_of_day=True) if args.until else None,
-            sender=args.sender,
-            recipient=args.recipient,
-            message_id=args.message_id,
-            event=args.event,
-        )
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
-    found = False
-    for record in search(config.log.dir, query):
-        found = True
-        line = json.dumps(record, ensure_ascii=False) if args.json else format_event(record)
-        print(line)
-    if not found and args.event is not None and args.event not in KNOWN_EVENTS:
-        # A typo must not look like "it never happened". Names the gateway does not know
-        # are still searched: events imported from elsewhere may carry them.
-        print(
-            f"mailgate: no event is named {args.event!r}; known events:"
-            f" {', '.join(sorted(KNOWN_EVENTS))}",
-            file=sys.stderr,
-        )
-        return 2
-    return 0
-
-
 def _run_admin(args: argparse.Namespace) -> int:
     """Only the commands that create the first entries may create the database."""
     try:
@@ -307,6 +278,7 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     failed = [line for line in anchored if " failed: " in line]
     for line in anchored:
         print(line)
+    _update_log_index(config)
     return 1 if failed else 0
 
 
@@ -460,6 +432,22 @@ def add_chain_commands(logs: argparse._SubParsersAction, add: Callable) -> None:
     out.add_argument("-o", "--output", help="file to write (default: stdout)")
 
 
+def _update_log_index(config: Config) -> None:
+    """Index the day files not yet indexed as they are now (search works without it,
+    only slower), after retention so no deleted day is indexed."""
+    from gateway.events.index import update
+
+    try:
+        report = update(config.log.dir)
+    except OSError as exc:  # e.g. log.dir/index not writable: a cache, not the record
+        print(f"log index: not updated ({_why(exc)}); searches scan the days instead")
+        return
+    print(
+        f"log index: {len(report.built)} day(s) indexed, {report.kept} up to date,"
+        f" {len(report.removed)} removed"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -499,11 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs = commands.add_parser("logs", help="event log").add_subparsers(
         dest="logs_command", required=True, metavar="ACTION"
     )
-    logs_search = add(logs, "search", cmd_logs_search, "find events")
-    for option in ("--since", "--until", "--sender", "--recipient", "--message-id", "--event"):
-        logs_search.add_argument(option)
-    logs_search.add_argument("--json", action="store_true", help="one JSON object per line")
-    add_chain_commands(logs, add)
+    add_logs_commands(logs, add)  # search, trace, index: gateway/logs_cli.py
+    add_chain_commands(logs, add)  # verify, export
 
     maintenance = add(
         commands, "maintenance", cmd_maintenance, "apply lifecycle rules and log retention"
@@ -529,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 141  # 128 + SIGPIPE, as a shell reports a writer killed by the pipe
-    except (CommandError, KeyCommandError) as exc:
+    except (CommandError, KeyCommandError, LogsError) as exc:
         print(f"mailgate: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -10,29 +10,36 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from gateway.events.index import bare_address as _bare_address
+from gateway.events.index import bare_id as _bare_id
 from gateway.events.writer import EVENT_FILE_PREFIX, EVENT_FILE_SUFFIX, event_file_name
 
 __all__ = [
     "COMPRESSED_SUFFIX",
     "Query",
     "day_files",
+    "decode_json",
+    "decode_line",
     "format_event",
     "open_day",
     "parse_time",
     "purge",
     "read_day",
     "search",
+    "search_hits",
+    "search_lines",
 ]
 
 COMPRESSED_SUFFIX = ".gz"
 # Every record the writer emits starts with this key (compact separators, ts first).
 _RECORD_START = '{"ts":'
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TIME_FORMS = "expected e.g. 2026-11-25, 2026-11-25T10:00:00Z or 2026-11-25T17:00:00+07:00"
 # Fields shown first by format_event, in the contract's order; the rest follow as written.
 _LEADING_FIELDS = (
@@ -62,6 +69,10 @@ class Query:
     recipient: str | None = None
     message_id: str | None = None
     event: str | None = None
+    session: str | None = None
+    client: str | None = None
+    user: str | None = None
+    reason: str | None = None  # a case-insensitive substring of the event's reason
 
 
 def parse_time(text: str, *, end_of_day: bool = False) -> datetime:
@@ -91,33 +102,56 @@ def parse_time(text: str, *, end_of_day: bool = False) -> datetime:
     return moment.astimezone(UTC)
 
 
-def search(log_dir: Path, query: Query) -> Iterator[dict[str, Any]]:
+def search(
+    log_dir: Path, query: Query, progress: Callable[[int, int, date], None] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Matching events, oldest first (see :func:`search_hits`)."""
+    return (record for record, _ in search_hits(log_dir, query, progress))
+
+
+def search_lines(
+    log_dir: Path, query: Query, progress: Callable[[int, int, date], None] | None = None
+) -> Iterator[str]:
+    """The JSON text of each matching event as stored in its day file, oldest first."""
+    return (text for _, text in search_hits(log_dir, query, progress))
+
+
+def search_hits(
+    log_dir: Path, query: Query, progress: Callable[[int, int, date], None] | None = None
+) -> Iterator[tuple[dict[str, Any], str]]:
     """Matching events, oldest first, reading only the day files that can hold a match.
 
-    Within a day the file is in append order, which two threads (or a clock step) can
-    swap; the matches of each day are therefore sorted by ``ts`` before they are yielded.
+    A query naming a message id, session, address, user or client goes through the
+    index (:mod:`gateway.events.lookup`): only the blocks holding the key are read,
+    and days the index does not cover (today, a changed day) are scanned. Within a day
+    the file is in append order, which two threads (or a clock step) can swap; the
+    matches of each day are therefore sorted by ``ts`` before they are yielded.
+    ``progress(done, total, day)`` is called before each day is read.
     """
+    from gateway.events.lookup import query_plan, search_days
+
     since = _utc(query.since) if query.since is not None else None
     until = _utc(query.until) if query.until is not None else None
     if since is not None and until is not None and since > until:
         return
+    keys, needles = query_plan(query)
+
+    def wanted(record: dict[str, Any]) -> bool:
+        moment = _timestamp(record)
+        if moment is None:
+            return False
+        if (since is not None and moment < since) or (until is not None and moment > until):
+            return False
+        return _matches(record, query)
+
     first = since.date() if since is not None else None
     last = until.date() if until is not None else None
-    for day, path in day_files(log_dir):
-        if (first is not None and day < first) or (last is not None and day > last):
-            continue
-        matches: list[tuple[datetime, dict[str, Any]]] = []
-        for record in read_day(path):
-            moment = _timestamp(record)
-            if moment is None:
-                continue
-            if (since is not None and moment < since) or (until is not None and moment > until):
-                continue
-            if _matches(record, query):
-                matches.append((moment, record))
-        matches.sort(key=lambda pair: pair[0])
-        for _, record in matches:
-            yield record
+    yield from search_days(log_dir, first, last, keys, needles, wanted, progress)
+
+
+def sort_key(record: dict[str, Any]) -> datetime:
+    """Records of a day in time order; a record without a readable time goes first."""
+    return _timestamp(record) or _EPOCH
 
 
 def format_event(record: dict[str, Any]) -> str:
@@ -204,15 +238,25 @@ def read_day(path: Path) -> Iterator[dict[str, Any]]:
 
 def _lines(handle: BinaryIO) -> Iterator[dict[str, Any]]:
     for raw in handle:
-        line = raw.decode("utf-8", "replace").strip()
-        if not line:
-            continue
-        record = _decode(line)
+        record = decode_line(raw)
         if record is not None:
             yield record
 
 
-def _decode(line: str) -> dict[str, Any] | None:
+def decode_line(raw: bytes) -> dict[str, Any] | None:
+    """One record from one line of a day file, or None for a blank or unreadable line."""
+    found = decode_json(raw)
+    return found[0] if found is not None else None
+
+
+def decode_json(raw: bytes) -> tuple[dict[str, Any], str] | None:
+    """One record and the JSON text it was read from (the line, or what follows a torn
+    record on it), so ``--json`` can print what is stored without encoding it again."""
+    line = raw.decode("utf-8", "replace").strip()
+    return _decode(line) if line else None
+
+
+def _decode(line: str) -> tuple[dict[str, Any], str] | None:
     """One record, or the record written after a torn one on the same line, or None."""
     for candidate in (line, line[line.rfind(_RECORD_START) :]):
         try:
@@ -220,7 +264,7 @@ def _decode(line: str) -> dict[str, Any] | None:
         except ValueError:
             continue
         if isinstance(record, dict):
-            return record
+            return record, candidate
     return None
 
 
@@ -253,6 +297,20 @@ def _matches(record: dict[str, Any], query: Query) -> bool:
         )
         if not any(_address_matches(a, query.recipient) for a in addresses):
             return False
+    if query.session is not None and query.session.strip() not in _strings(record.get("session")):
+        return False
+    if query.client is not None and query.client.strip() not in [
+        c.strip() for c in _strings(record.get("client"))
+    ]:
+        return False
+    if query.user is not None and not any(
+        _address_matches(u, query.user) for u in _strings(record.get("user"))
+    ):
+        return False
+    if query.reason is not None:
+        reason = record.get("reason")
+        if not isinstance(reason, str) or query.reason.casefold() not in reason.casefold():
+            return False
     return True
 
 
@@ -264,20 +322,6 @@ def _address_matches(address: str, wanted: str) -> bool:
         domain = want[1:].casefold()
         return bool(domain) and have.rpartition("@")[2] == domain and "@" in have
     return have == _bare_address(want)
-
-
-def _bare_address(address: str) -> str:
-    value = address.strip()
-    if value.startswith("<") and value.endswith(">"):
-        value = value[1:-1].strip()
-    return value.casefold()
-
-
-def _bare_id(message_id: str) -> str:
-    value = message_id.strip()
-    if value.startswith("<") and value.endswith(">"):
-        value = value[1:-1].strip()
-    return value
 
 
 def _strings(value: Any) -> Iterable[str]:
