@@ -14,8 +14,9 @@ import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["BLOCK_BYTES", "compress", "compress_bytes", "inflate", "members"]
+__all__ = ["BLOCK_BYTES", "compress", "compress_bytes", "compress_stream", "inflate", "members"]
 
 BLOCK_BYTES = 16 * 1024  # uncompressed bytes per member: ~35 us to inflate one
 _FEED = 64 * 1024
@@ -32,6 +33,17 @@ def compress_bytes(data: bytes, level: int = 6, block: int = BLOCK_BYTES) -> byt
         out.append(packer.compress(data[start:end]) + packer.flush())
         start = end
     return b"".join(out)
+
+
+def compress_stream(
+    source: BinaryIO, sink: BinaryIO, level: int = 6, block: int = BLOCK_BYTES
+) -> None:
+    """``compress_bytes`` a block at a time: the same bytes, without the day in memory."""
+    while chunk := source.read(block):
+        if not chunk.endswith(b"\n"):
+            chunk += source.readline()
+        packer = zlib.compressobj(level, zlib.DEFLATED, 31)
+        sink.write(packer.compress(chunk) + packer.flush())
 
 
 def compress(src: Path, dst: Path, level: int = 6) -> None:

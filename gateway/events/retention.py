@@ -17,7 +17,9 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from typing import Any, BinaryIO
 
+from gateway.events.blockgz import compress_stream
 from gateway.events.search import COMPRESSED_SUFFIX, day_files
 from gateway.events.writer import event_file_name
 
@@ -98,13 +100,10 @@ def compress_day(plain: Path) -> Path:
     with plain.open("rb") as source:
         fcntl.flock(source.fileno(), fcntl.LOCK_EX)
         digest = hashlib.sha256()
-        with (
-            temporary.open("wb") as raw,
-            gzip.GzipFile(filename=plain.name, mode="wb", fileobj=raw, mtime=0) as packed,
-        ):
-            while chunk := source.read(1 << 20):
-                digest.update(chunk)
-                packed.write(chunk)
+        with temporary.open("wb") as raw:
+            # gzip members of ~16 KiB cut at line ends: the search index points into them,
+            # so a hit costs one small member, not the whole day (events/blockgz.py).
+            compress_stream(_Digesting(source, digest), raw)
         with temporary.open("rb") as raw:
             os.fsync(raw.fileno())
         if _gz_digest(temporary) != digest.digest():
@@ -115,6 +114,23 @@ def compress_day(plain: Path) -> Path:
         plain.unlink()
     _fsync_dir(plain.parent)
     return target
+
+
+class _Digesting:
+    """A reader that hashes what is read through it (the plain day, for the check)."""
+
+    def __init__(self, source: BinaryIO, digest: Any) -> None:
+        self.source, self.digest = source, digest
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.source.read(size)
+        self.digest.update(chunk)
+        return chunk
+
+    def readline(self) -> bytes:
+        line = self.source.readline()
+        self.digest.update(line)
+        return line
 
 
 def _gz_digest(path: Path) -> bytes:

@@ -124,3 +124,22 @@ def test_a_now_in_the_future_never_compresses_the_days_still_written(tmp_path: P
     result = apply_retention(tmp_path, NOW + timedelta(days=300), 3650, clock=NOW)
     assert result.compressed == []
     assert names(tmp_path) == [event_file_name(str(NOW.date()))]
+
+
+def test_compressed_day_is_block_gzip_and_search_reads_one_member(tmp_path: Path) -> None:
+    """maintenance writes the members the index points into: the same bytes as
+    blockgz.compress_bytes, each member inflating on its own, whole lines each."""
+    from gateway.events import blockgz
+    from gateway.events.retention import compress_day
+
+    lines = b"".join(
+        b'{"ts":"2026-05-26T01:%02d:%02d.000000Z","event":"delivered","sender":"s%d@x.vn"}\n'
+        % (i // 60 % 60, i % 60, i)
+        for i in range(3000)
+    )
+    plain = tmp_path / "events-2026-05-26.jsonl"
+    plain.write_bytes(lines)
+    packed = compress_day(plain).read_bytes()
+    assert packed == blockgz.compress_bytes(lines)
+    members = list(blockgz.members(packed))
+    assert len(members) > 5
