@@ -180,7 +180,12 @@ class Relay:
         A body made on the way (header edits, an unsigned copy) is dropped once replaced;
         the handler drops the received one and the final one."""
         assert self.signing is not None
-        for verdict in await self.signing.run(ctx):
+        try:
+            verdicts = await self.signing.run(ctx)
+        except Exception:  # a broken step must not send unsigned (or unstamped) mail: retry
+            log.exception("signing stage failed on %s", ctx.queue_id)
+            verdicts = [Verdict.tempfail(replies.LOCAL_ERROR, "signing", "signing stage error")]
+        for verdict in verdicts:
             if verdict.action is Action.TRANSFORM:
                 replaced = ctx.body
                 apply_transform(ctx, verdict)

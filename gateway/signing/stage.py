@@ -212,11 +212,19 @@ class SigningStage:
         found += self._signature_results(message)
         examined = Examined(found)
         if self.settings.decrypt_inbound and local:
-            self._decrypt(message, local, examined)
+            try:
+                self._decrypt(message, local, examined)
+            except Exception as exc:  # keys unreadable, gpg gone: delivered as it came
+                log.warning("inbound decryption failed: %s", type(exc).__name__)
+                examined.groups.clear()
+                examined.notes.append(f"not decrypted: {type(exc).__name__}")
         return examined
 
     def _dkim_results(self, message: bytes) -> list[results.MethodResult]:
-        checked = dkim.verify(message, self.txt_lookup)
+        try:
+            checked = dkim.verify(message, self.txt_lookup)
+        except Exception as exc:  # a header section dkimpy cannot parse
+            return [results.MethodResult("dkim", "permerror", reason=type(exc).__name__)]
         if not checked:
             return [results.MethodResult("dkim", "none")]
         return [
@@ -229,14 +237,22 @@ class SigningStage:
         ]  # fmt: skip
 
     def _signature_results(self, message: bytes) -> list[results.MethodResult]:
-        """smime= and x-pgp= for a signed message (nothing for one that is not)."""
-        found = []
+        """smime= and x-pgp= for a signed message (nothing for one that is not). A check
+        that could not run is ``temperror``: the message is still delivered, stamped."""
         if smime.is_signed(message):
-            checked = smime.verify(message, self.settings.trusted, crls=self.settings.crls)
-            found.append(smime_result(checked))
-        elif _pgp_signed(message) and self._has_keyring():
-            found.append(pgp_result(self.keys.keyring().verify(message)))
-        return found
+            try:
+                checked = smime.verify(message, self.settings.trusted, crls=self.settings.crls)
+            except smime.SmimeTemporaryError as exc:
+                return [results.MethodResult("smime", "temperror", reason=str(exc))]
+            except Exception as exc:
+                return [results.MethodResult("smime", "permerror", reason=type(exc).__name__)]
+            return [smime_result(checked)]
+        if _pgp_signed(message) and self._has_keyring():
+            try:
+                return [pgp_result(self.keys.keyring().verify(message))]
+            except Exception as exc:
+                return [results.MethodResult("x-pgp", "temperror", reason=type(exc).__name__)]
+        return []
 
     def _has_keyring(self) -> bool:
         return (self.keys.root / "gnupg").is_dir()

@@ -592,3 +592,17 @@ async def test_each_recipient_gets_its_own_body_and_each_deferred_body_is_spoole
     for (recipient,), entry in by_recipient.items():
         assert setup.spool.body(entry.queue_id).read().endswith(f"for {recipient}\r\n".encode())
     assert "[smime] encrypted per recipient" in setup.named("message_transformed")[0]["reason"]
+
+
+class BrokenStage:
+    async def run(self, ctx: MessageContext) -> list[Verdict]:
+        raise RuntimeError("openssl exploded")
+
+
+async def test_a_failing_signing_stage_is_a_tempfail_never_unsigned_mail(setup: Setup) -> None:
+    setup.relay.signing = BrokenStage()  # type: ignore[assignment]
+    reply = await setup.relay.handle(context(["fast@other.gov.vn"]))
+    assert reply.code == 451 and "[signing]" in reply.text
+    assert setup.outbound.calls == []
+    (tempfailed,) = setup.named("message_tempfailed")
+    assert "[signing]" in tempfailed["reason"]

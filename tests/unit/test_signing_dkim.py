@@ -106,3 +106,29 @@ def test_header_value_names_each_method() -> None:
 def test_from_domain() -> None:
     assert from_domain(MESSAGE.split(b"\r\n\r\n")[0] + b"\r\n") == "example.gov.vn"
     assert from_domain(b"To: x@y.vn\r\n") is None
+
+
+def test_an_inbound_check_that_cannot_run_is_temperror_not_a_refusal(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from gateway.signing import smime
+    from gateway.signing.keys import KeyStore
+    from gateway.signing.stage import SigningStage, StageSettings
+    from gateway.spool import Body, Spool
+
+    settings = StageSettings("mx.example.gov.vn", ("example.gov.vn",), None, True, 1.0, None)
+    stage = SigningStage(KeyStore(tmp_path), Spool(tmp_path / "spool"), settings)
+    signed = (
+        b"From: a@other.vn\r\nContent-Type: multipart/signed;"
+        b' protocol="application/pkcs7-signature"; boundary="b"\r\n\r\n--b--\r\n'
+    )
+
+    def slow(*args: object, **kwargs: object) -> None:
+        raise smime.SmimeTemporaryError("openssl cms -verify took over 10 s")
+
+    monkeypatch.setattr(smime, "verify", slow)
+    examined = stage._examine(Body.from_bytes(signed), [])
+    assert [(r.method, r.result) for r in examined.found] == [
+        ("dkim", "none"),
+        ("smime", "temperror"),
+    ]
