@@ -142,7 +142,9 @@ def test_login_select_fetch_through_the_proxy(gateway: Gateway, dovecot: Private
         client.logout()
     success = gateway.wait_event("auth_success", lambda e: e.get("listener") == "imap")
     assert success["user"] == AN and success["mechanism"] == "LOGIN"
-    end = gateway.wait_event("session_end", lambda e: e.get("listener") == "imap")
+    end = gateway.wait_event(
+        "session_end", lambda e: e.get("listener") == "imap" and e.get("user") == AN
+    )
     assert end["bytes_to_client"] > 500 and end["bytes_from_client"] > 20
     directory = Directory.for_data_dir(gateway.workdir / "var")
     try:
