@@ -13,6 +13,7 @@ import pytest
 from gateway import cli
 from gateway.events.writer import EventLog, event_file_name
 from tests.integration.tsa import LocalTSA
+from tests.unit.fakes import minimal_toml
 
 DAYS = (datetime(2026, 11, 23, 9, tzinfo=UTC), datetime(2026, 11, 24, 9, tzinfo=UTC))
 NOW = "2026-11-25"
@@ -36,27 +37,12 @@ def syslog_port() -> Iterator[socket.socket]:
 
 def make_config(tmp_path: Path, tsa: LocalTSA, syslog: socket.socket) -> Path:
     path = tmp_path / "gateway.toml"
-    path.write_text(
-        f"""
-[gateway]
-hostname = "mx.example.gov.vn"
-domains = ["example.gov.vn"]
-data_dir = "var"
-[smtp]
-inbound_listen = "127.0.0.1:2525"
-submission_listen = "127.0.0.1:5870"
-require_tls_for_auth = false
-[delivery]
-local = "maildir:var/mail"
-outbound = "smtp://127.0.0.1:2526"
-[log]
-dir = "var/log"
-timestamp_authority = "{tsa.url}"
-timestamp_ca_file = "{tsa.ca_file}"
-syslog = "udp:127.0.0.1:{syslog.getsockname()[1]}"
-""",
-        encoding="utf-8",
+    text = minimal_toml(
+        timestamp_authority=tsa.url,
+        timestamp_ca_file=str(tsa.ca_file),
+        syslog=f"udp:127.0.0.1:{syslog.getsockname()[1]}",
     )
+    path.write_text(text, encoding="utf-8")
     (tmp_path / "var").mkdir()
     from gateway.directory.mailboxes import Directory
 

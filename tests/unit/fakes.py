@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,15 @@ MINIMAL_CONFIG: dict[str, Any] = {
     "delivery": {"local": "maildir:var/mail", "outbound": "smtp://127.0.0.1:2526"},
     "log": {"dir": "var/log"},
 }
+
+
+def minimal_toml(**log: str) -> str:
+    """MINIMAL_CONFIG as a TOML file's text, with extra ``[log]`` keys (for CLI tests)."""
+    lines = []
+    for section, values in {**MINIMAL_CONFIG, "log": {**MINIMAL_CONFIG["log"], **log}}.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
 
 
 def make_config(tmp_path: Path) -> Config:

@@ -14,6 +14,7 @@ import pytest
 
 from gateway import cli
 from gateway.events.writer import EventLog, event_file_name
+from tests.unit.fakes import minimal_toml
 
 DAYS = (datetime(2026, 11, 24, 9, tzinfo=UTC), datetime(2026, 11, 25, 9, tzinfo=UTC))
 
@@ -21,24 +22,7 @@ DAYS = (datetime(2026, 11, 24, 9, tzinfo=UTC), datetime(2026, 11, 25, 9, tzinfo=
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "gateway.toml"
-    path.write_text(
-        """
-[gateway]
-hostname = "mx.example.gov.vn"
-domains = ["example.gov.vn"]
-data_dir = "var"
-[smtp]
-inbound_listen = "127.0.0.1:2525"
-submission_listen = "127.0.0.1:5870"
-require_tls_for_auth = false
-[delivery]
-local = "maildir:var/mail"
-outbound = "smtp://127.0.0.1:2526"
-[log]
-dir = "var/log"
-""",
-        encoding="utf-8",
-    )
+    path.write_text(minimal_toml(), encoding="utf-8")
     now = [DAYS[0]]
     log = EventLog(tmp_path / "var/log", clock=lambda: now[0], sync_interval=3600)
     for moment in DAYS:

@@ -12,22 +12,9 @@ import pytest
 
 from gateway import cli, entry
 from gateway.events.search import day_files
+from tests.unit.fakes import minimal_toml
 
-CONFIG = """
-[gateway]
-hostname = "mx.example.gov.vn"
-domains = ["example.gov.vn"]
-data_dir = "var"
-[smtp]
-inbound_listen = "127.0.0.1:2525"
-submission_listen = "127.0.0.1:5870"
-require_tls_for_auth = false
-[delivery]
-local = "maildir:var/mail"
-outbound = "smtp://127.0.0.1:2526"
-[log]
-dir = "var/log"
-"""
+CONFIG = minimal_toml()
 LINES = [
     '{"ts":"2026-11-29T01:00:00.000000Z","event":"session_start","session":"s1",'
     '"listener":"submission","client":"10.0.0.7"}',
