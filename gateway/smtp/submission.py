@@ -72,13 +72,20 @@ class SubmissionHandler(SessionHandler):
         user = session.user
         assert user is not None
         directory = self.services.directory
-        mailbox = await asyncio.to_thread(directory.get, user)
-        state, reason = effective_state(mailbox) if mailbox else ("gone", None)
+
+        def look_up() -> tuple[tuple[str, str | None], frozenset[str]]:
+            """Both reads in one thread hop (one per message on a busy path)."""
+            mailbox = directory.get(user)
+            state = effective_state(mailbox) if mailbox else ("gone", None)
+            if state[0] != "active":
+                return state, frozenset()
+            return state, sendable_identities(directory, user)
+
+        (state, reason), identities = await asyncio.to_thread(look_up)
         if state != "active":
             # By the dates as of now, not the last maintenance run: a departure recorded
             # for today stops sending at once (MIC 6.4.c).
             return replies.SENDING_LOCKED.with_rule("send_lock", f"{state}: {reason or 'locked'}")
-        identities = await asyncio.to_thread(sendable_identities, directory, user)
         session.sender_identities = identities
         if address == NULL_SENDER or address.lower() not in identities:
             return replies.SENDER_NOT_ALLOWED.with_rule(
