@@ -162,13 +162,15 @@ def _import_pgp(config: Config, store: KeyStore, address: str, data: bytes,
         )
     keyring = store.keyring()
     try:
+        held = {k.fingerprint for k in keyring.keys(None)}
         imported = keyring.import_key(data, passphrase=password.decode() if password else None)
     except PgpFailure as exc:
         raise KeyCommandError(f"not imported: {exc}") from None
     strangers = [k for k in imported if address not in k.addresses]
     if strangers:
-        for key in strangers:  # taken back: a key must name the address it is filed under
-            keyring.remove(key.fingerprint)
+        for key in strangers:  # taken back (a key must name the address it is filed
+            if key.fingerprint not in held:  # under), unless it was held before
+                keyring.remove(key.fingerprint)
         shown = ", ".join(sorted({a for k in strangers for a in k.addresses})) or "no address"
         raise KeyCommandError(f"not imported: the key is for {shown}, not {address}")
     for key in imported:

@@ -124,3 +124,17 @@ def test_inbound_pgp_signatures_are_stamped(
     good, bad = sink.wait_messages(2)
     assert b"x-pgp=pass" in good.data.split(b"\r\n\r\n")[0]
     assert b"x-pgp=fail" in bad.data.split(b"\r\n\r\n")[0]
+
+
+def test_a_key_filed_under_the_wrong_address_is_refused_and_nothing_held_is_lost(
+    make_gateway, sink: Sink, homes: dict, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    gateway = pgp_gateway(make_gateway, sink, homes, tmp_path)
+    path = tmp_path / "again.asc"
+    path.write_bytes(homes["files"]["partner_public"])
+    done = gateway.cli("keys", "import", "someone@other.org", str(path), check=False)
+    assert done.returncode == 1 and f"for {PARTNER}, not someone@other.org" in done.stderr
+    assert homes["partner"] in gateway.cli("keys", "list", PARTNER).stdout  # still held
+    submit(gateway, "[encrypt] Hồ sơ")  # and still used
+    (received,) = sink.wait_messages(1)
+    assert b"multipart/encrypted" in received.data.split(b"\r\n\r\n", 1)[0]
