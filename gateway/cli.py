@@ -377,13 +377,9 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
 
 def _record(config: Config, event: str, **fields: Any) -> None:
     """An admin command on record (MIC 8.2: who looked at or took the logs)."""
-    from gateway.events.writer import EventLog
+    from gateway.events.writer import record_cli_event
 
-    events = EventLog(config.log.dir)
-    try:
-        events.emit(event, actor="cli", **fields)
-    finally:
-        events.close()
+    record_cli_event(config.log.dir, event, **fields)
 
 
 def _token_check(config: Config) -> Callable:

@@ -219,3 +219,13 @@ class EventLog:
         with self._lock:
             if self._fd is not None:
                 self._close_fd()
+
+
+def record_cli_event(log_dir: Path, event: str, **fields: Any) -> None:
+    """One event from a CLI command (``actor`` = "cli"), written and fsynced before the
+    command exits: admin actions on record (MIC 8.2, MOST 18.4)."""
+    events = EventLog(log_dir)
+    try:
+        events.emit(event, actor="cli", **fields)
+    finally:
+        events.close()

@@ -13,7 +13,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 
 from gateway.config import Config
-from gateway.events.writer import EventLog
+from gateway.events.writer import record_cli_event
 from gateway.signing import certs, dkim
 from gateway.signing.keys import ALGORITHMS, DkimKey, KeyStore, KeyStoreError
 
@@ -54,13 +54,9 @@ def dkim_generate(config: Config, args: argparse.Namespace) -> int:
         key = store.generate_dkim(domain, selector, args.algorithm)
     except KeyStoreError as exc:
         raise KeyCommandError(str(exc)) from None
-    events = EventLog(config.log.dir)
-    try:
-        events.emit("key_generated", actor="cli", kind="dkim", domain=key.domain,
-                    selector=key.selector, algorithm=key.algorithm,
-                    fingerprint=public_fingerprint(key))  # fmt: skip
-    finally:
-        events.close()
+    record_cli_event(config.log.dir, "key_generated", kind="dkim", domain=key.domain,
+                     selector=key.selector, algorithm=key.algorithm,
+                     fingerprint=public_fingerprint(key))  # fmt: skip
     print(dkim.dns_record(key.selector, key.domain, key.key))
     return 0
 
@@ -79,14 +75,6 @@ def dkim_record(config: Config, args: argparse.Namespace) -> int:
         )
     print(dkim.dns_record(key.selector, key.domain, key.key))
     return 0
-
-
-def _emit(config: Config, event: str, **fields: Any) -> None:
-    events = EventLog(config.log.dir)
-    try:
-        events.emit(event, actor="cli", **fields)
-    finally:
-        events.close()
 
 
 def _address(text: str) -> str:
@@ -145,8 +133,9 @@ def _import_smime(config: Config, store: KeyStore, address: str, data: bytes,
         raise KeyCommandError(str(exc)) from None
     fingerprint = certs.fingerprint(cert)
     usage = "sign, decrypt" if bundle.key is not None else "encrypt to"
-    _emit(config, "key_imported", kind="smime", user=address, fingerprint=fingerprint,
-          reason=f"{usage}; expires {cert.not_valid_after_utc.date()}")  # fmt: skip
+    expires = cert.not_valid_after_utc.date()
+    record_cli_event(config.log.dir, "key_imported", kind="smime", user=address,
+                     fingerprint=fingerprint, reason=f"{usage}; expires {expires}")  # fmt: skip
     print(f"imported S/MIME {usage} {address} {fingerprint}")
     return 0
 
@@ -176,8 +165,9 @@ def _import_pgp(config: Config, store: KeyStore, address: str, data: bytes,
     for key in imported:
         usage = "sign, decrypt" if key.secret else "encrypt to"
         expires = key.expires.date() if key.expires else "never"
-        _emit(config, "key_imported", kind="pgp", user=address, fingerprint=key.fingerprint,
-              reason=f"{usage}; expires {expires}")  # fmt: skip
+        reason = f"{usage}; expires {expires}"
+        record_cli_event(config.log.dir, "key_imported", kind="pgp", user=address,
+                         fingerprint=key.fingerprint, reason=reason)  # fmt: skip
         print(f"imported OpenPGP {usage} {address} {key.fingerprint}")
     return 0
 
@@ -218,7 +208,9 @@ def key_remove(config: Config, args: argparse.Namespace) -> int:
             kind = "pgp"
     finally:
         store.close()
-    _emit(config, "key_removed", kind=kind, user=address, fingerprint=fingerprint)
+    record_cli_event(
+        config.log.dir, "key_removed", kind=kind, user=address, fingerprint=fingerprint
+    )
     print(f"removed {kind} {address} {fingerprint}")
     return 0
 
@@ -272,8 +264,7 @@ def key_list(config: Config, args: argparse.Namespace) -> int:
                     "expires": expires, "warning": warning,
                     "key_usage": certs.usages(cert),
                 })  # fmt: skip
-        keyring_home = store.root / "gnupg"
-        if keyring_home.is_dir():
+        if store.has_keyring():
             for key in store.keyring().keys(wanted):
                 expires, warning = _expiry(key.expires, now)
                 if key.revoked:

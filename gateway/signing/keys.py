@@ -227,7 +227,7 @@ class KeyStore:
                 return True
         except KeyStoreError:
             return False
-        return (self.root / "gnupg").is_dir()
+        return self.has_keyring()
 
     def signing_bundle(self, address: str, now: datetime) -> tuple[Bundle | None, str | None]:
         """The identity ``address`` signs with (its own key and certificate), or why the
@@ -255,6 +255,14 @@ class KeyStore:
 
     # -- OpenPGP ---------------------------------------------------------------------
 
+    @property
+    def keyring_home(self) -> Path:
+        return self.root / "gnupg"
+
+    def has_keyring(self) -> bool:
+        """Whether any OpenPGP key was ever imported (a stat): no keyring, no gpg call."""
+        return self.keyring_home.is_dir()
+
     def keyring(self) -> Keyring:
         """The gateway's own GNUPGHOME (``keys/gnupg``), opened once, its agent kept warm."""
         from gateway.signing.pgp import Keyring
@@ -262,7 +270,7 @@ class KeyStore:
         with self._lock:
             if self._keyring is None:
                 self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-                self._keyring = Keyring(self.root / "gnupg", timeout=self.gpg_timeout)
+                self._keyring = Keyring(self.keyring_home, timeout=self.gpg_timeout)
             return self._keyring
 
     def close(self) -> None:

@@ -133,17 +133,13 @@ def _keyring(store: KeyStore) -> Any:
         raise _PgpTemporary(str(exc)) from None
 
 
-def _has_keyring(store: KeyStore) -> bool:
-    return (store.root / "gnupg").is_dir()
-
-
 def _signer(store: KeyStore, sender: str, now: datetime) -> tuple[str, Any] | None:
     bundle, why = store.signing_bundle(sender, now)
     if bundle is not None:
         return ("smime", bundle)
     if why is not None:
         raise Refused("smime", f"the signing certificate of {sender} cannot sign: {why}")
-    if _has_keyring(store):
+    if store.has_keyring():
         from gateway.signing.pgp import PgpTemporaryError
 
         try:
@@ -160,7 +156,7 @@ def _recipient_key(
 ) -> tuple[str | None, Any, str]:
     bundle, why = store.encryption_certificate(recipient, now)
     pgp_key = None
-    if _has_keyring(store):
+    if store.has_keyring():
         from gateway.signing.pgp import PgpTemporaryError
 
         try:

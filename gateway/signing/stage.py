@@ -247,15 +247,12 @@ class SigningStage:
             except Exception as exc:
                 return [results.MethodResult("smime", "permerror", reason=type(exc).__name__)]
             return [smime_result(checked)]
-        if _pgp_signed(message) and self._has_keyring():
+        if _pgp_signed(message) and self.keys.has_keyring():
             try:
                 return [pgp_result(self.keys.keyring().verify(message))]
             except Exception as exc:
                 return [results.MethodResult("x-pgp", "temperror", reason=type(exc).__name__)]
         return []
-
-    def _has_keyring(self) -> bool:
-        return (self.keys.root / "gnupg").is_dir()
 
     def _decrypt(self, message: bytes, local: list[str], examined: Examined) -> None:
         """Local recipients holding the key get the plaintext, its inner signature checked."""
@@ -275,7 +272,7 @@ class SigningStage:
                     fingerprint = smime_fingerprint(bundle)
                     examined.notes.append(f"S/MIME for {recipient} with {fingerprint}")
                     break
-        elif _pgp_encrypted(message) and self._has_keyring():
+        elif _pgp_encrypted(message) and self.keys.has_keyring():
             keyring = self.keys.keyring()
             holders = [r for r in local if keyring.signing_key(r) is not None or any(
                 k.secret for k in keyring.keys(r))]  # fmt: skip
