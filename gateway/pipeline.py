@@ -15,7 +15,7 @@ import asyncio
 import email.parser
 import email.policy
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
@@ -118,6 +118,15 @@ def first_header(section: bytes, name: bytes) -> str | None:
     twentieth of the relay's CPU for it, this scan almost nothing. Filters that need
     real parsing use ``MessageContext.headers``.
     """
+    return next(_fields(section, name), None) or None
+
+
+def header_values(section: bytes, name: bytes) -> list[str]:
+    """Every ``name`` field of a raw header section, unfolded, in order."""
+    return list(_fields(section, name))
+
+
+def _fields(section: bytes, name: bytes) -> Iterator[str]:
     prefix = name.lower() + b":"
     lines = section.split(b"\r\n")
     for index, line in enumerate(lines):
@@ -128,9 +137,7 @@ def first_header(section: bytes, name: bytes) -> str | None:
             if follower[:1] not in (b" ", b"\t"):
                 break
             value.append(follower)
-        text = b"".join(value).decode("utf-8", "replace").strip()
-        return text or None
-    return None
+        yield b"".join(value).decode("utf-8", "replace").strip()
 
 
 class Uninspectable(Exception):

@@ -24,6 +24,7 @@ from gateway.data_lock import DataLock, DataLockError
 from gateway.delivery import Router
 from gateway.directory.cache import AcceptedRecipients
 from gateway.directory.mailboxes import Directory, DirectoryError
+from gateway.directory.standing import SenderStandings
 from gateway.events.writer import EventLog
 from gateway.imap.server import ImapProxy
 from gateway.mime.model import Inspection, Scan
@@ -129,6 +130,7 @@ class Runtime:
         self.spool = Spool(config.spool_dir)
         self.directory = directory or Directory.for_data_dir(config.gateway.data_dir)
         self.accepted_recipients = AcceptedRecipients()
+        self.sender_standings = SenderStandings(self.directory)
         self.tls = tls_context(config)
         self.limits = limits_of(config)
         self.connections = ConnectionLimiter(

@@ -87,14 +87,16 @@ def connect(path: Path, create: bool = True) -> sqlite3.Connection:
     return conn
 
 
-def connect_reader(path: Path) -> sqlite3.Connection:
+def connect_reader(path: Path, timeout: float = 30) -> sqlite3.Connection:
     """A read-only connection to an existing, migrated database.
 
     In WAL mode readers never wait for a writer, so each thread gets its own: a
     write stuck on the busy timeout must not hold up the RCPT lookups behind it.
     """
     uri = f"{path.resolve().as_uri()}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(
+        uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False
+    )
     conn.row_factory = sqlite3.Row
     return conn
 

@@ -212,6 +212,23 @@ class Directory:
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         return self._reader().execute(sql, args).fetchall()
 
+    def data_version(self) -> int | None:
+        """A number that changes whenever a change is committed, by any process (this
+        one's writer included: SQLite's ``PRAGMA data_version`` on a connection of its
+        own), or None when it cannot be read at once. A few microseconds and never a wait: the
+        event loop asks it to know whether what it remembers is still true."""
+        conn: sqlite3.Connection | None = getattr(self._local, "version_conn", None)
+        try:
+            if conn is None:
+                conn = db.connect_reader(self.path, timeout=0)
+                self._local.version_conn = conn
+                with self._readers_lock:
+                    self._readers.append(conn)
+            (version,) = conn.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error:
+            return None
+        return int(version)
+
     # -- reading ------------------------------------------------------------------------
 
     def get(self, address: str) -> Mailbox | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import email.utils
 from dataclasses import dataclass
 
-from gateway.pipeline import HeaderEdit, MessageContext, Verdict, register
+from gateway.pipeline import HeaderEdit, MessageContext, Verdict, header_values, register
 from gateway.smtp import replies
 
 ACTIONS = ("log", "tag", "reject")
@@ -75,7 +75,7 @@ def _domain(address: str) -> str:
 
 
 def _reply_to_domains(ctx: MessageContext) -> list[str]:
-    fields = [str(value) for value in ctx.headers.get_all("reply-to", [])]
+    fields = header_values(ctx.body.headers, b"reply-to")  # raw: no email-parser classes
     return [_domain(address) for _, address in email.utils.getaddresses(fields) if "@" in address]
 
 

@@ -56,6 +56,14 @@ def _label(text: str, what: str) -> str:
     return value
 
 
+def _smime_name(address: str) -> str:
+    """The folder name of ``address``'s S/MIME material: ``local@domain``, lower case."""
+    local, _, domain = address.strip().lower().rpartition("@")
+    if not local or "/" in local or local.startswith("."):
+        raise KeyStoreError(f"{address!r} is not an address")
+    return f"{local}@{_label(domain, 'domain')}"
+
+
 def private_file(path: Path, data: bytes) -> None:
     """Write ``data`` to a new file of mode 0600 (made so, never loosened)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -69,6 +77,8 @@ def private_file(path: Path, data: bytes) -> None:
 class KeyStore:
     def __init__(self, data_dir: Path) -> None:
         self.root = data_dir / "keys"
+        self._smime_text = str(self.root / "smime")
+        self._keyring_text = str(self.keyring_home)
         self._lock = threading.Lock()
         self._dkim_cache: dict[Path, tuple[tuple[int, int], DkimKey]] = {}
         self._smime_cache: dict[Path, tuple[tuple[int, int], Bundle]] = {}
@@ -154,10 +164,7 @@ class KeyStore:
     # signs unattended; the file is 0600 under a 0700 folder).
 
     def smime_folder(self, address: str) -> Path:
-        local, _, domain = address.strip().lower().rpartition("@")
-        if not local or "/" in local or local.startswith("."):
-            raise KeyStoreError(f"{address!r} is not an address")
-        return self.root / "smime" / f"{local}@{_label(domain, 'domain')}"
+        return self.root / "smime" / _smime_name(address)
 
     def import_smime(self, address: str, bundle: Bundle) -> Path:
         """Store ``bundle`` for ``address``; the same certificate again is refused."""
@@ -223,11 +230,11 @@ class KeyStore:
         """Cheap (two stats): whether ``address`` might hold a signing key, S/MIME or
         OpenPGP. False means surely not, so the stage skips its lookups."""
         try:
-            if self.smime_folder(address).is_dir():
-                return True
+            name = _smime_name(address)
         except KeyStoreError:
             return False
-        return self.has_keyring()
+        # os.path on strings: pathlib's objects cost a tenth of this check at 1,000 msgs/s
+        return os.path.isdir(f"{self._smime_text}/{name}") or os.path.isdir(self._keyring_text)
 
     def signing_bundle(self, address: str, now: datetime) -> tuple[Bundle | None, str | None]:
         """The identity ``address`` signs with (its own key and certificate), or why the

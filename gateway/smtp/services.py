@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from gateway.config import Config
     from gateway.directory.cache import AcceptedRecipients
     from gateway.directory.mailboxes import Directory
+    from gateway.directory.standing import SenderStandings
     from gateway.events.writer import EventLog
     from gateway.mime.model import Inspection, Scan
     from gateway.pipeline import MessageContext
@@ -43,6 +44,9 @@ class SmtpServices(Protocol):
 
     @property
     def accepted_recipients(self) -> AcceptedRecipients: ...
+
+    @property
+    def sender_standings(self) -> SenderStandings: ...
 
     @property
     def relay(self) -> MessageRelay: ...

@@ -10,7 +10,6 @@ is added, so the stored mail and its events have both.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -18,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from gateway.directory.lifecycle import effective_state, sendable_identities
 from gateway.pipeline import first_header
 from gateway.smtp import replies
 from gateway.smtp.handler import SessionHandler, client_address
@@ -71,21 +69,13 @@ class SubmissionHandler(SessionHandler):
         be the login or a unit mailbox delegated to it (MOST 14.4, MIC 12.3)."""
         user = session.user
         assert user is not None
-        directory = self.services.directory
-
-        def look_up() -> tuple[tuple[str, str | None], frozenset[str]]:
-            """Both reads in one thread hop (one per message on a busy path)."""
-            mailbox = directory.get(user)
-            state = effective_state(mailbox) if mailbox else ("gone", None)
-            if state[0] != "active":
-                return state, frozenset()
-            return state, sendable_identities(directory, user)
-
-        (state, reason), identities = await asyncio.to_thread(look_up)
-        if state != "active":
+        standing = await self.services.sender_standings.of(user)
+        if standing.state != "active":
             # By the dates as of now, not the last maintenance run: a departure recorded
             # for today stops sending at once (MIC 6.4.c).
-            return replies.SENDING_LOCKED.with_rule("send_lock", f"{state}: {reason or 'locked'}")
+            reason = f"{standing.state}: {standing.reason or 'locked'}"
+            return replies.SENDING_LOCKED.with_rule("send_lock", reason)
+        identities = standing.identities
         session.sender_identities = identities
         if address == NULL_SENDER or address.lower() not in identities:
             return replies.SENDER_NOT_ALLOWED.with_rule(
