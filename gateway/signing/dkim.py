@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 
 import dkim as dkimpy
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
+from dkim import canonicalization
 from dkim.canonicalization import CanonicalizationPolicy
 
 SigningKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -36,12 +38,12 @@ def signature_field(
     """The ``DKIM-Signature:`` field (folded, CRLF-terminated) to put on top of
     ``message`` (CRLF lines). Signs dkimpy's default header set, From twice (so a second
     From cannot be added unnoticed)."""
-    parsed = dkimpy.DKIM(message)
+    parsed, body = _cut(message)
     include = [name.lower() for name in parsed.default_sign_headers()]
     if b"from" not in include:
         raise dkimpy.ParameterError("the message has no From field to sign")
     policy = CanonicalizationPolicy.from_c_value(CANONICALIZATION)
-    body_hash = base64.b64encode(hashlib.sha256(policy.canonicalize_body(parsed.body)).digest())
+    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
     fields = [
         (b"v", b"1"),
         (b"a", algorithm_of(key)),
@@ -66,6 +68,32 @@ def signature_field(
     fields[-1] = (b"b", base64.b64encode(signature))
     value = b"; ".join(b"=".join(f) for f in fields) + b"\r\n"
     return HEADER_NAME + b": " + dkimpy.fold(value, namelen=len(HEADER_NAME))
+
+
+def _cut(message: bytes) -> tuple[dkimpy.DKIM, bytes]:
+    """dkimpy's parse of the header section, and the body, cut exactly where dkimpy's
+    ``rfc822_parse`` cuts them. With CRLF lines only (what the gateway stores) that is
+    the first empty line, and dkimpy would split and rejoin the whole body line by line
+    for nothing (a fifth of a signature's cost); anything else gets dkimpy's own parse."""
+    end = message.find(b"\r\n\r\n")
+    if end < 0 or message.startswith(b"\r\n") or message.count(b"\n") != message.count(b"\r\n"):
+        parsed = dkimpy.DKIM(message)
+        return parsed, parsed.body
+    return dkimpy.DKIM(message[: end + 4]), message[end + 4 :]
+
+
+_WSP_RUN = re.compile(rb"[\t ]+")
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 3.4.4, byte for byte what dkimpy's ``Relaxed.canonicalize_body`` gives,
+    at C speed for ordinary text: its two regular expressions try every byte (~80 µs
+    each on 5 KB); here they run only when the body holds a tab or two spaces in a row,
+    and trailing single spaces go with ``bytes.replace``."""
+    if b"\t" in body or b"  " in body:
+        body = _WSP_RUN.sub(b" ", body)
+    body = body.replace(b" \r\n", b"\r\n")
+    return canonicalization.correct_empty_body(canonicalization.strip_trailing_lines(body))
 
 
 def dns_record(selector: str, domain: str, key: SigningKey) -> str:

@@ -144,7 +144,8 @@ class SigningStage:
             for recipients, body in groups:
                 # As the MIME parse does (mime/pool.py): a small message in memory is
                 # signed on the loop (~0.4 ms); a thread would cost more in handoffs and
-                # GIL contention than it saves. Bigger ones go to a thread.
+                # GIL contention than it saves (so did the RSA operation alone in a thread,
+                # though cryptography releases the GIL for it). Bigger ones go to a thread.
                 small = body.in_memory and body.size < INLINE_BELOW
                 signed.append(
                     (recipients, sign(body) if small else await asyncio.to_thread(sign, body))
