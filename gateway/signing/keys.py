@@ -81,7 +81,7 @@ class KeyStore:
         self._keyring_text = str(self.keyring_home)
         self._lock = threading.Lock()
         self._dkim_cache: dict[Path, tuple[tuple[int, int], DkimKey]] = {}
-        self._smime_cache: dict[Path, tuple[tuple[int, int], Bundle]] = {}
+        self._smime_cache: dict[str, tuple[tuple[int, int], Bundle]] = {}
         self._keyring: Keyring | None = None
         self.gpg_timeout = 10.0
 
@@ -189,20 +189,24 @@ class KeyStore:
     def smime_bundles(self, address: str) -> list[Bundle]:
         """Every certificate stored for ``address`` (read afresh when a file changed)."""
         try:
-            folder = self.smime_folder(address)
-        except KeyStoreError:
+            folder = f"{self._smime_text}/{_smime_name(address)}"
+            with os.scandir(folder) as listing:  # os, not pathlib: this runs per message
+                paths = sorted(entry.path for entry in listing if entry.name.endswith(".pem"))
+        except (KeyStoreError, FileNotFoundError, NotADirectoryError):
             return []
+        except OSError as exc:
+            raise KeyStoreError(f"cannot read {folder}: {exc.strerror}") from None
         found = []
-        for path in sorted(folder.glob("*.pem")):
+        for path in paths:
             try:
-                stat = path.stat()
+                stat = os.stat(path)
                 stamp = (stat.st_mtime_ns, stat.st_size)
                 with self._lock:
                     cached = self._smime_cache.get(path)
                 if cached is not None and cached[0] == stamp:
                     found.append(cached[1])
                     continue
-                bundle = certs.load_bundle(path.read_bytes())
+                bundle = certs.load_bundle(Path(path).read_bytes())
             except FileNotFoundError:  # removed meanwhile
                 continue
             except OSError as exc:
