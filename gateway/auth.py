@@ -29,12 +29,13 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from gateway.auth_cache import VerifiedLogins
 from gateway.auth_throttle import LoginThrottle
 from gateway.config import AuthSection
 from gateway.directory.lifecycle import effective_state
-from gateway.directory.mailboxes import CAN_AUTHENTICATE, Directory, Mailbox
+from gateway.directory.mailboxes import CAN_AUTHENTICATE, Directory, Mailbox, parse_stored
 from gateway.directory.passwords import check_password, hash_password
 from gateway.smtp import replies
 from gateway.smtp.addresses import plain_angle_address
@@ -213,7 +214,8 @@ class Authenticator:
             version, stored = await self._upgrade(mailbox, stored, password, version, emit)
         if not cached:
             self.cache.remember(mailbox.address, password, version)
-        await asyncio.to_thread(self.directory.record_access, mailbox.address)
+        if not accessed_lately(mailbox, datetime.now(UTC)):
+            await asyncio.to_thread(self.directory.record_access, mailbox.address)
         return LoginResult(mailbox, None, "ok", mailbox.address, cached, stored)
 
     async def _upgrade(
@@ -242,3 +244,19 @@ class Authenticator:
 
     def close(self) -> None:
         self._hashing.shutdown(wait=True, cancel_futures=True)
+
+
+# Last access feeds the six-month inactivity lock (MOST 13.3): a minute is precise enough.
+# Writing it at every login would be a write transaction per login and would make every
+# directory cache keyed on the data version (sender standings, RCPT) forget everything.
+ACCESS_RECORD_INTERVAL = timedelta(minutes=1)
+
+
+def accessed_lately(mailbox: Mailbox, now: datetime) -> bool:
+    """Whether ``mailbox``'s recorded last access is recent enough to leave as it is."""
+    if not mailbox.last_access:
+        return False
+    try:
+        return timedelta(0) <= now - parse_stored(mailbox.last_access) < ACCESS_RECORD_INTERVAL
+    except ValueError:
+        return False

@@ -129,7 +129,7 @@ class Runtime:
         self.events = EventLog(config.log.dir)
         self.spool = Spool(config.spool_dir)
         self.directory = directory or Directory.for_data_dir(config.gateway.data_dir)
-        self.accepted_recipients = AcceptedRecipients()
+        self.accepted_recipients = AcceptedRecipients(version=self.directory.data_version)
         self.sender_standings = SenderStandings(self.directory)
         self.tls = tls_context(config)
         self.limits = limits_of(config)
@@ -215,6 +215,7 @@ class Runtime:
             restart_needed.append("log.syslog")
         old_router = self.relay.router
         self.config = new
+        self.accepted_recipients.clear()
         self.tls = new_tls
         self.limits = limits_of(new)
         self.connections.total = new.smtp.max_connections

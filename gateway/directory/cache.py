@@ -1,9 +1,9 @@
 """A short-lived memory of recipients the directory accepted, for the SMTP hot path.
 
 Asking SQLite through a worker thread for every RCPT cost a fifth of the relay's CPU.
-Only acceptances are remembered, for ``ttl`` seconds: a new mailbox is accepted at
-once, and a revocation takes effect within ``ttl`` (the mail store behind us still
-refuses what it does not know).
+Only acceptances are remembered, for ``ttl`` seconds at most, and all are forgotten as
+soon as the directory's data version moves (any commit, by any process): a new mailbox
+is accepted at once, and a revocation applies to the next RCPT.
 """
 
 from __future__ import annotations
@@ -14,14 +14,30 @@ from collections.abc import Callable
 
 class AcceptedRecipients:
     def __init__(
-        self, ttl: float = 10.0, size: int = 50_000, clock: Callable[[], float] = time.monotonic
+        self,
+        ttl: float = 10.0,
+        size: int = 50_000,
+        clock: Callable[[], float] = time.monotonic,
+        version: Callable[[], int | None] | None = None,
     ) -> None:
         self.ttl = ttl
         self.size = size
         self._clock = clock
+        self._version_now = version  # Directory.data_version; None: the ttl alone
+        self._version: int | None = None
         self._until: dict[str, float] = {}
 
+    def _follow_directory(self) -> None:
+        """Forget everything once the directory changed (or its version is unreadable)."""
+        if self._version_now is None:
+            return
+        version = self._version_now()
+        if version is None or version != self._version:
+            self._until.clear()
+            self._version = version
+
     def __contains__(self, address: str) -> bool:
+        self._follow_directory()
         until = self._until.get(address.lower())
         if until is None:
             return False
@@ -29,6 +45,10 @@ class AcceptedRecipients:
             del self._until[address.lower()]
             return False
         return True
+
+    def clear(self) -> None:
+        """A new config (SIGHUP) may change what a mailbox is (groups turned on or off)."""
+        self._until.clear()
 
     def add(self, address: str) -> None:
         if len(self._until) >= self.size:

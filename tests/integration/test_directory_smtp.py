@@ -193,3 +193,23 @@ def test_must_change_does_not_block_smtp_auth(make_gateway, sink: Sink) -> None:
     with login(gateway, AN, password) as client:
         assert client.noop()[0] == 250
     assert gateway.wait_event("auth_success")["must_change"] is True
+
+
+def test_a_change_by_the_cli_applies_to_the_next_command_of_an_open_session(
+    gateway: Gateway, sink: Sink
+) -> None:
+    """What serve remembers of the directory (the sender's standing, accepted recipients)
+    is dropped as soon as another process commits: a lock stops the very next MAIL FROM of
+    a session already logged in, and a revocation the next RCPT, with no wait."""
+    with login(gateway, AN, AN_PW) as client:
+        client.sendmail(AN, [BINH], message(AN))
+        gateway.cli("mailbox", "lock", AN, "--reason", "mật khẩu bị lộ", "--send-only")
+        code, text = client.mail(AN)
+        assert code == replies.SENDING_LOCKED.code and "[send_lock]" in text.decode()
+    with smtplib.SMTP("127.0.0.1", gateway.inbound_port) as client:
+        client.sendmail("x@other.org", [BINH], message("x@other.org"))
+        gateway.cli("mailbox", "revoke", BINH)
+        client.mail("x@other.org")
+        code, text = client.rcpt(BINH)
+        assert code == 550 and "[directory]" in text.decode()
+    assert [m.recipients for m in sink.wait_messages(2)] == [[BINH], [BINH]]

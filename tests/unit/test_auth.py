@@ -70,6 +70,33 @@ async def test_success_records_the_access(directory: Directory) -> None:
     auth.close()
 
 
+async def test_access_is_written_at_most_once_a_minute(
+    directory: Directory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Logins a minute apart or less write nothing: a write per login would be a write
+    transaction each and would empty the directory caches keyed on its data version. A
+    recorded access in the future (the clock stepped back) is written again."""
+    writes: list[str] = []
+    real = directory.record_access
+    monkeypatch.setattr(
+        directory, "record_access", lambda a, m=None: (writes.append(a), real(a, m))
+    )
+    auth = authenticator(directory)
+    await auth.login(USER, PASSWORD, "192.0.2.9")
+    await auth.login(USER, PASSWORD, "192.0.2.9")
+    assert len(writes) == 1
+    real(USER, datetime.now(UTC) - timedelta(seconds=61))
+    await auth.login(USER, PASSWORD, "192.0.2.9")
+    assert len(writes) == 2
+    real(USER, datetime.now(UTC) + timedelta(hours=1))
+    await auth.login(USER, PASSWORD, "192.0.2.9")
+    assert len(writes) == 3
+    mailbox = directory.get(USER)
+    assert mailbox is not None and mailbox.last_access is not None
+    assert parse_stored(mailbox.last_access) <= datetime.now(UTC)
+    auth.close()
+
+
 async def test_a_password_in_the_user_field_is_not_logged(directory: Directory) -> None:
     auth = authenticator(directory)
     result = await auth.login("Sup3r$ecret!Pass", "x", "192.0.2.9")

@@ -32,3 +32,22 @@ def test_size_bound() -> None:
     cache.add("u3@x.vn")
     assert "u3@x.vn" in cache
     assert sum(f"u{n}@x.vn" in cache for n in range(3)) == 0
+
+
+def test_forgets_everything_when_the_directory_changes() -> None:
+    """A revocation committed by any process applies to the next RCPT, not after the ttl."""
+    versions = iter([1, 1, 2, None, None])
+    cache = AcceptedRecipients(ttl=10, clock=Clock(), version=lambda: next(versions))
+    assert "an@example.gov.vn" not in cache  # version 1 noted
+    cache.add("an@example.gov.vn")
+    assert "an@example.gov.vn" in cache  # still 1
+    assert "an@example.gov.vn" not in cache, "the directory changed: read it again"
+    cache.add("an@example.gov.vn")
+    assert "an@example.gov.vn" not in cache, "an unreadable version remembers nothing"
+
+
+def test_clear() -> None:
+    cache = AcceptedRecipients(ttl=10, clock=Clock())
+    cache.add("an@example.gov.vn")
+    cache.clear()
+    assert "an@example.gov.vn" not in cache
