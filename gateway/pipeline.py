@@ -127,12 +127,17 @@ def header_values(section: bytes, name: bytes) -> list[str]:
 
 
 def _fields(section: bytes, name: bytes) -> Iterator[str]:
-    prefix = name.lower() + b":"
+    """Also ``Name :`` (blanks before the colon, RFC 5322 4.5's obsolete syntax, which
+    mail readers still show): a ``From :`` field must not slip past the From: checks."""
+    name = name.lower()
     lines = section.split(b"\r\n")
     for index, line in enumerate(lines):
-        if line[: len(prefix)].lower() != prefix:
+        if line[: len(name)].lower() != name:
             continue
-        value = [line[len(prefix) :]]
+        rest = line[len(name) :].lstrip(b" \t")
+        if rest[:1] != b":":
+            continue
+        value = [rest[1:]]
         for follower in lines[index + 1 :]:
             if follower[:1] not in (b" ", b"\t"):
                 break

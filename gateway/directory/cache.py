@@ -25,6 +25,9 @@ class AcceptedRecipients:
         self._clock = clock
         self._version_now = version  # Directory.data_version; None: the ttl alone
         self._version: int | None = None
+        # Bumped whenever everything is forgotten: an answer read before that (a lookup
+        # in flight while another session saw the new version, or a SIGHUP) is not kept.
+        self.generation = 0
         self._until: dict[str, float] = {}
 
     def _follow_directory(self) -> None:
@@ -33,8 +36,12 @@ class AcceptedRecipients:
             return
         version = self._version_now()
         if version is None or version != self._version:
-            self._until.clear()
+            self._forget()
             self._version = version
+
+    def _forget(self) -> None:
+        self._until.clear()
+        self.generation += 1
 
     def __contains__(self, address: str) -> bool:
         self._follow_directory()
@@ -48,9 +55,13 @@ class AcceptedRecipients:
 
     def clear(self) -> None:
         """A new config (SIGHUP) may change what a mailbox is (groups turned on or off)."""
-        self._until.clear()
+        self._forget()
 
-    def add(self, address: str) -> None:
+    def add(self, address: str, generation: int | None = None) -> None:
+        """Remember ``address`` as accepted, unless everything was forgotten since the
+        lookup began (``generation``: the value read before it)."""
+        if generation is not None and generation != self.generation:
+            return
         if len(self._until) >= self.size:
             self._until.clear()  # rare; cheaper than tracking recency for every hit
         self._until[address.lower()] = self._clock() + self.ttl

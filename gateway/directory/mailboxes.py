@@ -215,8 +215,9 @@ class Directory:
     def data_version(self) -> int | None:
         """A number that changes whenever a change is committed, by any process (this
         one's writer included: SQLite's ``PRAGMA data_version`` on a connection of its
-        own), or None when it cannot be read at once. A few microseconds and never a wait: the
-        event loop asks it to know whether what it remembers is still true."""
+        own), or None when it cannot be read at once (busy timeout 0). A few microseconds:
+        the event loop asks it to know whether what it remembers is still true. (SQLite
+        may still retry briefly inside when a writer resets the WAL at that instant.)"""
         conn: sqlite3.Connection | None = getattr(self._local, "version_conn", None)
         try:
             if conn is None:

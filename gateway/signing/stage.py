@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.pipeline import MessageContext, Verdict, first_header
 from gateway.signing import dkim, protect, results, smime
@@ -32,7 +33,9 @@ from gateway.spool import Body, Spool
 
 log = logging.getLogger(__name__)
 SIGNED_OR_ENCRYPTED = (b"multipart/signed", b"multipart/encrypted", b"pkcs7-mime")
-INLINE_BELOW = 64 * 1024  # bytes of an in-memory body DKIM-signed on the loop
+INLINE_BELOW = 64 * 1024  # bytes of an in-memory body signed on the loop
+# Bodies for groups of recipients, and what the event says of them.
+Protected = tuple[list[tuple[tuple[str, ...], Body]], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +89,12 @@ class SigningStage:
             dkim_verdict = await self._dkim(ctx, groups)
             return [dkim_verdict] if dkim_verdict is not None else []
 
-        def protect_all() -> tuple[list[tuple[tuple[str, ...], Body]], str] | None:
-            """Plan, sign, encrypt and store: at most one thread hop, not four (each hop
-            costs the loop as much as a small message's signature)."""
-            the_plan = protect.plan(self.keys, policy, local_sender, subject, ctx.recipients)
+        def make_plan() -> protect.Plan:
+            return protect.plan(self.keys, policy, local_sender, subject, ctx.recipients)
+
+        def apply_plan(the_plan: protect.Plan) -> Protected | None:
+            """Sign, encrypt and store, in one go: a thread hop per step cost the loop as
+            much as a small message's signature."""
             if the_plan.changes_nothing:
                 return None
             applied = protect.apply(self.keys, the_plan, ctx.body.read(), ctx.recipients)
@@ -99,18 +104,20 @@ class SigningStage:
             ]
             return bodies, applied.summary
 
-        # A small S/MIME signature (~0.5 ms) is made on the loop, as DKIM's is: in a
-        # thread the S/MIME line was slower in each of 7 A/B pairs (380-501 against
-        # 446-577 msgs/s, 14:27-14:35 UTC). Not with a keyring (the plan may ask gpg:
-        # milliseconds), not for encryption (per-recipient lookups), not for big bodies.
-        inline = (
-            not encrypt
-            and not self.keys.has_keyring()
-            and ctx.body.in_memory
-            and ctx.body.size < INLINE_BELOW
-        )
+        # A small S/MIME signature (~0.5 ms with RSA-2048) is made on the loop, as DKIM's
+        # is: in a thread the S/MIME line was slower in each of 7 A/B pairs (380-501
+        # against 446-577 msgs/s, 14:27-14:35 UTC). Not with a keyring (the plan may ask
+        # gpg: milliseconds), not for encryption, big bodies or big keys.
+        small = ctx.body.in_memory and ctx.body.size < INLINE_BELOW
         try:
-            protected = protect_all() if inline else await asyncio.to_thread(protect_all)
+            if not encrypt and small and not self.keys.has_keyring():
+                the_plan = make_plan()  # a stat per message, a file read per new certificate
+                if _cheap_to_sign(the_plan):
+                    protected = apply_plan(the_plan)
+                else:
+                    protected = await asyncio.to_thread(apply_plan, the_plan)
+            else:
+                protected = await asyncio.to_thread(lambda: apply_plan(make_plan()))
             if protected is not None:
                 groups = protected[0]
                 verdicts.append(self._transform("signing", protected[1], groups))
@@ -356,6 +363,16 @@ def _pgp_encrypted(message: bytes) -> bool:
     from gateway.signing import pgp
 
     return pgp.is_encrypted(message)
+
+
+def _cheap_to_sign(the_plan: protect.Plan) -> bool:
+    """Nothing to do, or one S/MIME signature with an EC key or RSA of 2048 bits or less."""
+    if the_plan.changes_nothing:
+        return True
+    if the_plan.encrypt or the_plan.signer is None or the_plan.signer[0] != "smime":
+        return False
+    key = the_plan.signer[1].key
+    return not isinstance(key, rsa.RSAPrivateKey) or key.key_size <= 2048
 
 
 def from_address(headers: bytes) -> str | None:

@@ -207,6 +207,7 @@ class SessionHandler:
         accepted = services.accepted_recipients
         if address in accepted:  # only mailboxes are remembered: a group's answer
             return None  # depends on the sender
+        generation = accepted.generation  # a change seen while we look it up voids it
         groups = services.config.filters.settings("groups")
         sender = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from or ""
         directory = services.directory
@@ -229,7 +230,7 @@ class SessionHandler:
             if is_group:
                 session.group_recipients.add(address.lower())
             else:
-                accepted.add(address)
+                accepted.add(address, generation)
         return refusal
 
     # -- DATA ---------------------------------------------------------------------------

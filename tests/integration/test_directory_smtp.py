@@ -213,3 +213,19 @@ def test_a_change_by_the_cli_applies_to_the_next_command_of_an_open_session(
         code, text = client.rcpt(BINH)
         assert code == 550 and "[directory]" in text.decode()
     assert [m.recipients for m in sink.wait_messages(2)] == [[BINH], [BINH]]
+
+
+def test_a_from_field_with_a_blank_before_its_colon_is_held_to_the_login(
+    gateway: Gateway, sink: Sink
+) -> None:
+    """``From :`` (RFC 5322's obsolete syntax, which mail readers still show) is a From
+    field too: a second, spaced one naming a colleague must not pass beside the real one."""
+    forged = (
+        f"From : {BINH}\r\nFrom: {AN}\r\nTo: bob@example.gov.vn\r\nSubject: x\r\n\r\nhi\r\n"
+    ).encode()
+    with login(gateway, AN, AN_PW) as client:
+        client.mail(AN)
+        client.rcpt("partner@other.org")
+        code, text = client.data(forged)
+    assert code == replies.SENDER_NOT_ALLOWED.code and "[sender_identity]" in text.decode()
+    assert BINH in text.decode() and sink.messages == []

@@ -51,3 +51,24 @@ def test_clear() -> None:
     cache.add("an@example.gov.vn")
     cache.clear()
     assert "an@example.gov.vn" not in cache
+
+
+def test_an_answer_read_before_a_change_is_not_kept() -> None:
+    """Session A misses, looks X up (active), X is revoked meanwhile and session B's RCPT
+    sees the new version first: A's late answer must not be remembered under it."""
+    version = [1]
+    cache = AcceptedRecipients(ttl=10, clock=Clock(), version=lambda: version[0])
+    assert "x@example.gov.vn" not in cache  # A misses at version 1
+    started = cache.generation  # A's lookup begins; it reads X as active
+    version[0] = 2  # the CLI revokes X
+    assert "y@example.gov.vn" not in cache  # B's RCPT sees version 2 first
+    cache.add("x@example.gov.vn", started)  # A's answer arrives late
+    assert "x@example.gov.vn" not in cache
+
+
+def test_an_answer_read_before_a_reload_is_not_kept() -> None:
+    cache = AcceptedRecipients(ttl=10, clock=Clock())
+    started = cache.generation
+    cache.clear()  # SIGHUP while the lookup was in flight
+    cache.add("x@example.gov.vn", started)
+    assert "x@example.gov.vn" not in cache

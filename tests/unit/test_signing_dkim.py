@@ -180,3 +180,20 @@ def test_cut_is_where_dkimpy_cuts() -> None:
             continue
         parsed, body = dkim._cut(message)
         assert (parsed.headers, body) == (whole.headers, whole.body), message
+
+
+def test_cut_parses_only_the_header_section_of_crlf_mail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point of ``_cut``: dkimpy never splits a CRLF body line by line."""
+    seen: list[bytes] = []
+
+    class Recording(dkimpy.DKIM):
+        def __init__(self, message: bytes, *args: object, **kwargs: object) -> None:
+            seen.append(message)
+            super().__init__(message, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dkim.dkimpy, "DKIM", Recording)
+    _, body = dkim._cut(MESSAGE)
+    head, _sep, rest = MESSAGE.partition(b"\r\n\r\n")
+    assert seen == [head + b"\r\n\r\n"] and body == rest
+    dkim._cut(MESSAGE.replace(b"\r\n", b"\n", 1))  # a bare LF: dkimpy's own parse, whole
+    assert len(seen[-1]) == len(MESSAGE) - 1
