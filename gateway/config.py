@@ -56,6 +56,9 @@ class DeliveryTarget:
         return f"{self.scheme}://{self.host}:{self.port}"
 
 
+# smtp.processes: the first serves everything, the others only SMTP (gateway/processes.py).
+PROCESSES_RANGE = (1, 16)
+
 # delivery.tls levels, as Postfix's smtp_tls_security_level.
 TLS_LEVELS = ("may", "encrypt", "verify", "none")
 
@@ -97,6 +100,7 @@ class SmtpSection:
     max_connections_per_client: int = _opt("count", 50)
     max_errors: int = _opt("count", 20, "protocol errors before the session is closed")
     spill_threshold: int = _opt("size", 1_048_576, "bytes kept in memory before DATA spills")
+    processes: int = _opt("processes", 1, "processes serving the SMTP listeners")
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +389,18 @@ class _Reader:
         if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
             return raw
         self.fail(key, f"expected 0 or a positive integer, got {raw!r}; write 0 for none")
+        return None
+
+    def _processes(self, key: str, raw: Any, doc: str) -> Any:
+        """How many processes serve SMTP: more than the cores only adds switching."""
+        low, high = PROCESSES_RANGE
+        if isinstance(raw, int) and not isinstance(raw, bool) and low <= raw <= high:
+            return raw
+        self.fail(
+            key,
+            f"expected an integer from {low} to {high}, got {raw!r}; write 1 (the default)"
+            " or at most the number of CPU cores",
+        )
         return None
 
     def _seconds(self, key: str, raw: Any, doc: str) -> Any:

@@ -75,6 +75,13 @@ class DataLock:
         finally:
             os.close(fd)
 
+    def fileno(self) -> int:
+        """The locked descriptor: a child that inherits it keeps the lock held until it
+        exits too (flock belongs to the open file, not the process)."""
+        if self._fd is None:
+            raise DataLockError(f"{self.path} is not locked")
+        return self._fd
+
     @property
     def held(self) -> bool:
         return self._fd is not None

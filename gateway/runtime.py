@@ -13,6 +13,7 @@ import signal
 import ssl
 import warnings
 import weakref
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from gateway.imap.server import ImapProxy
 from gateway.mime.model import Inspection, Scan
 from gateway.mime.pool import Inspector
 from gateway.pipeline import EnabledFilter
+from gateway.processes import SmtpHelpers, helper_parent, per_process
 from gateway.queue import QueueRunner
 from gateway.relay import Relay, RelaySettings
 from gateway.signing.certs import load_certificates, load_crls
@@ -54,6 +56,7 @@ log = logging.getLogger("gateway")
 warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
 logging.getLogger("mail.log").setLevel(logging.ERROR)
 SHUTDOWN_GRACE_SECONDS = 30.0
+HELPER_STOP_MARGIN_SECONDS = 5.0  # SMTP helpers get SIGTERM a moment after the primary
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
@@ -125,6 +128,10 @@ class Runtime:
 
     def __init__(self, config: Config, directory: Directory | None = None) -> None:
         self.log = log
+        # Fixed at start: the number of processes serving SMTP (smtp.processes); each
+        # enforces its share of the limits kept in memory (gateway/processes.py).
+        self.processes = config.smtp.processes
+        config = per_process(config, self.processes)
         self.config = config
         self.events = EventLog(config.log.dir)
         self.spool = Spool(config.spool_dir)
@@ -190,7 +197,7 @@ class Runtime:
     async def reload(self) -> bool:
         """SIGHUP: take the new config if it is valid, keep the old one on *any* error."""
         try:
-            new = load_config(self.config.path)
+            new = per_process(load_config(self.config.path), self.processes)
             new_tls = tls_context(new)
             same_hops = new.delivery == self.config.delivery and new.delivery.tls_ca_file is None
             # A CA file may have been replaced at the same path: a new router reads it.
@@ -209,6 +216,8 @@ class Runtime:
         )
         if new.gateway.data_dir != old.gateway.data_dir or new.log.dir != old.log.dir:
             restart_needed.append("gateway.data_dir/log.dir")
+        if new.smtp.processes != self.processes:
+            restart_needed.append("smtp.processes")
         if hash_workers(new.auth) != self.authenticator.workers:
             restart_needed.append("auth.hash_workers")
         if (new.log.syslog, new.log.syslog_events) != (old.log.syslog, old.log.syslog_events):
@@ -378,13 +387,15 @@ def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str,
     loop.default_exception_handler(context)
 
 
-def _start_observers(runtime: Runtime, config: Config) -> list[Any]:
+def _start_observers(runtime: Runtime, config: Config, primary: bool) -> list[Any]:
     """Metrics and the syslog copy of events, fed by the event log; returns their closers.
 
     Both are fixed at start (a change of ``[metrics]`` or ``log.syslog`` needs a restart).
+    Metrics run in the primary only (one port; an SMTP helper's sessions are not in
+    them); the syslog copy in every process, since each writes its own events.
     """
     closers: list[Any] = []
-    if config.metrics is not None:
+    if config.metrics is not None and primary:
         from gateway.metrics import Metrics
 
         metrics = Metrics(runtime.spool.queue, config.log.dir)
@@ -401,40 +412,79 @@ def _start_observers(runtime: Runtime, config: Config) -> list[Any]:
     return closers
 
 
-async def serve(config: Config, directory: Directory | None = None) -> None:
-    """Run the listeners and the queue until SIGTERM/SIGINT."""
-    runtime = Runtime(config, directory)
-    observers = _start_observers(runtime, config)
+async def _bind_smtp(runtime: Runtime, config: Config) -> list[asyncio.AbstractServer]:
+    """The SMTP listeners; with smtp.processes > 1 every process binds the same ports
+    (SO_REUSEPORT) and the kernel spreads new connections over them."""
     loop = asyncio.get_running_loop()
-    loop.set_exception_handler(_quiet_exception_handler)
-    stale = runtime.spool.recover()
     servers = []
     addresses = dict(listeners(config))
     for listener in runtime.listeners():
         address = addresses[listener.key]
         server = await loop.create_server(
-            runtime.protocol_factory(listener), address.host, address.port, reuse_address=True
+            runtime.protocol_factory(listener),
+            address.host,
+            address.port,
+            reuse_address=True,
+            reuse_port=runtime.processes > 1,
         )
         servers.append(server)
         log.info("%s listening on %s", listener.key, address)
+    return servers
+
+
+async def serve(
+    config: Config,
+    directory: Directory | None = None,
+    *,
+    helper_of: int | None = None,
+    lock_fd: int | None = None,
+) -> None:
+    """Run the listeners and the queue until SIGTERM/SIGINT.
+
+    ``helper_of`` (the primary's PID) makes this an SMTP helper: the SMTP listeners
+    only, no spool recovery, queue, IMAP, password page or metrics (gateway/processes.py).
+    The primary starts the helpers after binding its own listeners; they inherit
+    ``lock_fd``, the data_dir lock.
+    """
+    primary = helper_of is None
+    runtime = Runtime(config, directory)
+    observers = _start_observers(runtime, config, primary)
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_exception_handler)
+    stale = runtime.spool.recover() if primary else 0  # a helper would delete others' mail
+    servers = await _bind_smtp(runtime, config)
     imap: ImapProxy | None = None
-    if config.imap is not None:
-        imap = ImapProxy(runtime)
-        for bound in await imap.start():
-            log.info("%s listening", bound)
     password_page: PasswordPage | None = None
-    if config.web is not None:
-        password_page = PasswordPage(runtime)
-        log.info("%s listening", await password_page.start())
-    runtime.events.emit(
-        "gateway_start",
-        reason=f"listening on {', '.join(str(a) for _, a in listeners(config))}",
-        stale_files_removed=stale or None,
-    )
+    helpers: SmtpHelpers | None = None
+    if primary:
+        if config.imap is not None:
+            imap = ImapProxy(runtime)
+            for bound in await imap.start():
+                log.info("%s listening", bound)
+        if config.web is not None:
+            password_page = PasswordPage(runtime)
+            log.info("%s listening", await password_page.start())
+        if runtime.processes > 1:
+            inherit = (lock_fd,) if lock_fd is not None else ()
+            helpers = SmtpHelpers(config.path, runtime.processes - 1, runtime.events, inherit)
+        runtime.events.emit(
+            "gateway_start",
+            reason=f"listening on {', '.join(str(a) for _, a in listeners(config))}",
+            stale_files_removed=stale or None,
+        )
+    else:
+        smtp = ", ".join(str(s.sockets[0].getsockname()[:2]) for s in servers if s.sockets)
+        runtime.events.emit("gateway_start", reason=f"SMTP helper of PID {helper_of}: {smtp}")
     stop, hangup = asyncio.Event(), asyncio.Event()
+
+    def on_hangup() -> None:
+        hangup.set()
+        if helpers is not None:
+            helpers.send(signal.SIGHUP)  # each reloads its own config, as this one does
+
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, hangup.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
 
     async def reloads() -> None:
         while True:
@@ -448,10 +498,13 @@ async def serve(config: Config, directory: Directory | None = None) -> None:
 
     try:
         async with asyncio.TaskGroup() as group:
-            queue = group.create_task(runtime.queue.run())
+            queue = group.create_task(runtime.queue.run()) if primary else None
             reloader = group.create_task(reloads())
             watcher = group.create_task(imap.watch_locks()) if imap else None
+            keeper = group.create_task(helpers.run()) if helpers else None
             await stop.wait()
+            if helpers is not None:
+                helpers.terminate()  # they shut down as this process does, in parallel
             for server in servers:
                 server.close()
             if imap is not None:
@@ -463,12 +516,15 @@ async def serve(config: Config, directory: Directory | None = None) -> None:
             runtime.close_idle_sessions()
             await _drain_sessions(runtime, deadline)
             await runtime.finish_relays(deadline)
-            await asyncio.wait({queue}, timeout=max(deadline - loop.time(), 0.1))
+            if queue is not None:
+                await asyncio.wait({queue}, timeout=max(deadline - loop.time(), 0.1))
             runtime.close_sessions()
-            queue.cancel()
-            reloader.cancel()
-            if watcher is not None:
-                watcher.cancel()
+            if helpers is not None:
+                # Their grace started a moment after ours; past it (and a margin), SIGKILL.
+                await helpers.wait(deadline + HELPER_STOP_MARGIN_SECONDS)
+            for task in (queue, reloader, watcher, keeper):
+                if task is not None:
+                    task.cancel()
     finally:
         runtime.events.emit("gateway_stop")
         for close in observers:
@@ -484,19 +540,23 @@ async def _drain_sessions(runtime: Runtime, deadline: float) -> None:
 
 
 def run(config_path: str) -> int:
-    """Entry point of ``mailgate serve``: refuse a bad config, else serve until told to stop."""
+    """Entry point of ``mailgate serve``: refuse a bad config, else serve until told to stop.
+
+    An SMTP helper (started by the primary, gateway/processes.py) takes neither the
+    port check nor the data_dir lock: the primary holds both for it.
+    """
+    helper_of = helper_parent()
     try:
         config = load_config(Path(config_path))
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config error: {problem}")
         return 2
-    problems = check_ports_free(config)
+    problems = check_ports_free(config) if helper_of is None else []
     if problems:
         for problem in problems:
             print(f"config error: {problem}")
         return 2
-    lock = DataLock(config.gateway.data_dir)
     try:
         directory = Directory.open_existing(
             config.gateway.data_dir, config.path, config.auth.argon2().hasher()
@@ -504,6 +564,10 @@ def run(config_path: str) -> int:
     except DirectoryError as exc:
         print(f"cannot start: {exc}")
         return 2
+    if helper_of is not None:
+        _run_loop(serve(config, directory, helper_of=helper_of))
+        return 0
+    lock = DataLock(config.gateway.data_dir)
     try:
         lock.acquire()
     except DataLockError as exc:
@@ -511,12 +575,17 @@ def run(config_path: str) -> int:
         directory.close()
         return 2
     try:
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(serve(config, directory))
-        else:
-            uvloop.run(serve(config, directory))
+        _run_loop(serve(config, directory, lock_fd=lock.fileno()))
     finally:
         lock.release()
     return 0
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """uvloop when installed (faster sockets), else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)

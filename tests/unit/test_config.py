@@ -150,6 +150,18 @@ def test_other_wrong_values_name_key_and_expected_form(
     assert hint in problem
 
 
+@pytest.mark.parametrize("value", [0, 17, "2", True, 2.0])
+def test_processes_outside_1_to_16_names_the_key_and_the_fix(tmp_path: Path, value: Any) -> None:
+    problem = only_problem(data(smtp={"processes": value}), tmp_path, "smtp.processes")
+    assert "from 1 to 16" in problem and "write 1" in problem, problem
+
+
+def test_processes_defaults_to_one_and_takes_sixteen(tmp_path: Path) -> None:
+    assert parse_config(data(), tmp_path / "gw.toml").smtp.processes == 1
+    config = parse_config(data(smtp={"processes": 16}), tmp_path / "gw.toml")
+    assert config.smtp.processes == 16
+
+
 def test_unknown_key_suggests_the_close_one(tmp_path: Path) -> None:
     problem = only_problem(data(smtp={"max_mesage_size": 5}), tmp_path, "smtp.max_mesage_size")
     assert "unknown key" in problem

@@ -1,0 +1,215 @@
+"""``smtp.processes``: more than one process serving the SMTP listeners (SO_REUSEPORT).
+
+One event loop uses one core; DKIM signing and MIME parsing are CPU work. With
+``processes = N`` the process ``mailgate serve`` starts (the *primary*) does everything
+it does with 1: the data_dir lock, spool recovery, the queue runner, the IMAP proxy,
+the password page, metrics. After binding its SMTP listeners (with ``reuse_port``) it
+starts N-1 *SMTP helpers*: the same ``serve`` command with :data:`HELPER_ENV` set. A
+helper binds the same SMTP ports (the kernel spreads new connections over all of them)
+and runs the full relay, filters and signing, writing the same event log (the writer
+chains across processes) and the same spool; it never recovers the spool (that would
+delete the other processes' messages in progress) and never runs the queue (the
+primary's runner picks up what a helper deferred).
+
+Lifecycle: a helper gets SIGTERM when the primary dies (``PR_SET_PDEATHSIG``); the
+primary forwards SIGHUP (each process reloads its own config), stops the helpers on
+SIGTERM/SIGINT and replaces one that exits by itself. Helpers inherit the data_dir
+lock's descriptor, so the lock lasts until the last of them exits: a new primary cannot
+recover the spool under a helper of the old one that is still finishing a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Config
+from gateway.events.writer import EventLog
+
+log = logging.getLogger("gateway")
+
+# Internal, not a CLI option: set to the primary's PID in a helper's environment.
+HELPER_ENV = "MAILGATE_SMTP_HELPER"
+RESTART_DELAY_SECONDS = 1.0
+_PR_SET_PDEATHSIG = 1
+
+
+def helper_parent() -> int | None:
+    """The primary's PID when this process is an SMTP helper, else None (and forget the
+    mark, so nothing this process starts inherits it)."""
+    value = os.environ.pop(HELPER_ENV, None)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+# -- limits kept in memory ------------------------------------------------------------------
+
+
+def share(limit: int, processes: int) -> int:
+    """One process's part of a limit counted in memory: ceil(limit / processes).
+
+    Open connections, login failures and the rate_limit counters live in each process's
+    memory, and the kernel spreads clients over the processes: if each enforced the whole
+    limit, together they would allow ``processes`` times as much. Each enforces its share
+    instead; rounding up keeps every limit at least 1 (the total is at most
+    ``limit + processes - 1``). A client whose connections all land on one process is
+    held to the share, the honest side to err on.
+    """
+    return -(-limit // processes)
+
+
+def per_process(config: Config, processes: int) -> Config:
+    """``config`` with its in-memory limits replaced by their :func:`share`.
+
+    Connections (smtp.max_connections, _per_listener, _per_client), login failures
+    ([auth] max_failures_per_address, _per_client: the primary's throttle also guards
+    IMAP and the password page) and the rate_limit filter's hourly limits.
+    """
+    if processes == 1:
+        return config
+    smtp = config.smtp
+    auth = config.auth
+    shared = replace(
+        config,
+        smtp=replace(
+            smtp,
+            max_connections=share(smtp.max_connections, processes),
+            max_connections_per_listener=share(smtp.max_connections_per_listener, processes),
+            max_connections_per_client=share(smtp.max_connections_per_client, processes),
+        ),
+        auth=replace(
+            auth,
+            max_failures_per_address=share(auth.max_failures_per_address, processes),
+            max_failures_per_client=share(auth.max_failures_per_client, processes),
+        ),
+    )
+    if config.filters is None:
+        return shared
+    enabled = tuple(
+        replace(item, config=_rate_limit_share(item.config, processes))
+        if item.spec.name == "rate_limit"
+        else item
+        for item in config.filters.enabled
+    )
+    return replace(shared, filters=replace(config.filters, enabled=enabled))
+
+
+def _rate_limit_share(settings: Any, processes: int) -> Any:
+    """The rate_limit thresholds divided; each lock stays above its limit, as
+    check-config requires of the whole numbers (else the lock would fire first)."""
+    divided = {f.name: share(getattr(settings, f.name), processes) for f in fields(settings)}
+    for kind in ("messages", "recipients"):
+        limit = divided[f"max_{kind}_per_hour"]
+        lock_key = f"lock_{kind}_per_hour"
+        divided[lock_key] = max(divided[lock_key], limit + 1)
+    return replace(settings, **divided)
+
+
+# -- the helpers ----------------------------------------------------------------------------
+
+
+def helper_command(config_path: Path) -> list[str]:
+    """This interpreter running ``mailgate -c CONFIG serve``, whatever started us."""
+    return [sys.executable, "-m", "gateway.entry", "-c", str(config_path), "serve"]
+
+
+def _die_with(parent: int) -> None:
+    """In the child before exec: SIGTERM when the primary dies (Linux), and at once if
+    it died already, so a helper never serves on its own."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class SmtpHelpers:
+    """Keeps ``count`` SMTP helper processes running until :meth:`terminate`."""
+
+    def __init__(
+        self, config_path: Path, count: int, events: EventLog, inherit_fds: tuple[int, ...] = ()
+    ) -> None:
+        self.config_path = config_path
+        self.count = count
+        self.events = events
+        self.inherit_fds = inherit_fds
+        self._running: dict[int, asyncio.subprocess.Process] = {}  # slot -> process
+        self._stopping = asyncio.Event()
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self._running.values()]
+
+    async def run(self) -> None:
+        """Start every helper and keep each slot filled until :meth:`terminate`."""
+        async with asyncio.TaskGroup() as group:
+            for slot in range(self.count):
+                group.create_task(self._keep(slot))
+
+    async def _keep(self, slot: int) -> None:
+        """One slot: start a helper, wait for it, replace it unless we are stopping."""
+        while not self._stopping.is_set():
+            try:
+                process = await self._start()
+            except Exception as exc:  # fork/exec failed: say so, try again
+                why = f"cannot start an SMTP helper: {type(exc).__name__}: {exc}"
+            else:
+                self._running[slot] = process
+                code = await process.wait()
+                del self._running[slot]
+                if self._stopping.is_set():
+                    return
+                why = f"SMTP helper PID {process.pid} exited ({_status(code)}); starting another"
+            log.error("%s", why)
+            self.events.emit("internal_error", reason=why)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), RESTART_DELAY_SECONDS)
+
+    async def _start(self) -> asyncio.subprocess.Process:
+        primary = os.getpid()
+        process = await asyncio.create_subprocess_exec(
+            *helper_command(self.config_path),
+            env={**os.environ, HELPER_ENV: str(primary)},
+            preexec_fn=lambda: _die_with(primary),
+            pass_fds=self.inherit_fds,
+        )
+        log.info("SMTP helper started, PID %d", process.pid)
+        return process
+
+    def send(self, signum: int) -> None:
+        """Pass a signal on (SIGHUP: each helper reloads its own config)."""
+        for process in list(self._running.values()):
+            # One that just exited is replaced by its slot, with the current config.
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signum)
+
+    def terminate(self) -> None:
+        """Stop replacing helpers and ask each to shut down as the primary does."""
+        self._stopping.set()
+        self.send(signal.SIGTERM)
+
+    async def wait(self, deadline: float) -> None:
+        """Wait for the helpers to exit until ``deadline`` (loop time), then kill the rest."""
+        loop = asyncio.get_running_loop()
+        waits = {asyncio.ensure_future(p.wait()) for p in self._running.values()}
+        if waits:
+            await asyncio.wait(waits, timeout=max(deadline - loop.time(), 0.1))
+        self.send(signal.SIGKILL)
+        if waits:
+            await asyncio.wait(waits, timeout=5)
+
+
+def _status(code: int) -> str:
+    """A wait status as words: "exit code 1" or "killed by SIGKILL"."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

@@ -1,0 +1,145 @@
+"""``smtp.processes = 2``: a primary and one SMTP helper on the same ports (SO_REUSEPORT).
+
+Real processes, found with psutil by parent PID: both serve sessions, SIGHUP reaches
+the helper, SIGTERM stops both, a killed helper is replaced and mail keeps flowing.
+"""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+from collections.abc import Callable
+from email.message import EmailMessage
+
+import psutil
+import pytest
+
+from tests.integration.harness import Gateway, Sink
+
+CONNECTIONS = 20
+MESSAGES_PER_CONNECTION = 3
+
+
+def start_two(make_gateway: Callable[..., Gateway], sink: Sink) -> Gateway:
+    """A gateway with smtp.processes = 2, returned once its helper is serving too."""
+    gateway = make_gateway(sink.url, sink.url, smtp_extra={"processes": 2}).start()
+    wait_helpers(gateway, starts=1)
+    return gateway
+
+
+def helpers(gateway: Gateway) -> list[psutil.Process]:
+    assert gateway.process is not None
+    return psutil.Process(gateway.process.pid).children()
+
+
+def wait_helpers(gateway: Gateway, starts: int) -> list[psutil.Process]:
+    """Wait for ``starts`` helper gateway_start events in all; the helper running now."""
+    gateway.wait_events("gateway_start", starts, lambda e: "SMTP helper" in e.get("reason", ""))
+    running = helpers(gateway)
+    assert len(running) == 1, running
+    return running
+
+
+def serving_pids(gateway: Gateway, port: int) -> set[int]:
+    """The serve processes that hold an established connection on ``port``."""
+    assert gateway.process is not None
+    processes = [psutil.Process(gateway.process.pid), *helpers(gateway)]
+    return {
+        p.pid
+        for p in processes
+        for c in p.net_connections(kind="tcp")
+        if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
+    }
+
+
+def note(number: int) -> bytes:
+    return (
+        f"From: a@other.org\r\nTo: bob@example.gov.vn\r\nSubject: n{number}\r\n"
+        f"Message-ID: <proc-{number}@other.org>\r\n\r\nbody {number}\r\n"
+    ).encode()
+
+
+def test_two_processes_share_the_inbound_listener_and_deliver_each_message_once(
+    make_gateway: Callable[..., Gateway], sink: Sink
+) -> None:
+    gateway = start_two(make_gateway, sink)
+    clients = [smtplib.SMTP("127.0.0.1", gateway.inbound_port, timeout=30) for _ in range(CONNECTIONS)]
+    try:
+        # Every client has its greeting: each connection is accepted and held by a process.
+        assert len(serving_pids(gateway, gateway.inbound_port)) == 2, "one process served all"
+        for index, client in enumerate(clients):
+            for n in range(MESSAGES_PER_CONNECTION):
+                number = index * MESSAGES_PER_CONNECTION + n
+                client.sendmail("a@other.org", ["bob@example.gov.vn"], note(number))
+    finally:
+        for client in clients:
+            client.quit()
+    total = CONNECTIONS * MESSAGES_PER_CONNECTION
+    gateway.wait_events("delivered", total)
+    ids = sorted(m.data.split(b"Message-ID: <")[1].split(b">")[0] for m in sink.messages)
+    assert ids == sorted(f"proc-{n}@other.org".encode() for n in range(total)), "exactly once"
+    queue_ids = [e["queue_id"] for e in gateway.events("message_accepted")]
+    assert len(queue_ids) == total == len(set(queue_ids))
+
+
+def attachment(size: int) -> bytes:
+    mail = EmailMessage()
+    mail["From"], mail["To"], mail["Subject"] = "a@other.org", "bob@example.gov.vn", "file"
+    mail.set_content("see the file")
+    mail.add_attachment(b"x" * size, maintype="application", subtype="octet-stream")
+    return mail.as_bytes().replace(b"\n", b"\r\n")
+
+
+def test_sighup_reaches_the_helper(make_gateway: Callable[..., Gateway], sink: Sink) -> None:
+    gateway = start_two(make_gateway, sink)
+    body = attachment(4000)
+    with smtplib.SMTP("127.0.0.1", gateway.inbound_port) as client:
+        client.sendmail("a@other.org", ["bob@example.gov.vn"], body)
+    gateway.add_sections({"filters.attachment_cap": {"max_bytes": 1000}})
+    gateway.signal(signal.SIGHUP)
+    gateway.wait_events("config_reloaded", 2)  # the primary and the helper
+    clients = [smtplib.SMTP("127.0.0.1", gateway.inbound_port) for _ in range(CONNECTIONS)]
+    try:
+        assert len(serving_pids(gateway, gateway.inbound_port)) == 2, "one process served all"
+        for client in clients:
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail("a@other.org", ["bob@example.gov.vn"], body)
+            assert b"[attachment_cap]" in refused.value.smtp_error
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_sigterm_stops_the_helper_and_a_killed_helper_is_replaced(
+    make_gateway: Callable[..., Gateway], sink: Sink
+) -> None:
+    gateway = start_two(make_gateway, sink)
+    [first] = helpers(gateway)
+    first.kill()
+    first.wait(10)
+    [second] = wait_helpers(gateway, starts=2)
+    assert second.pid != first.pid
+    event = gateway.wait_event("internal_error")
+    assert f"SMTP helper PID {first.pid} exited (killed by SIGKILL)" in event["reason"]
+    for n in range(CONNECTIONS):  # both processes still take mail
+        with smtplib.SMTP("127.0.0.1", gateway.inbound_port) as client:
+            client.sendmail("a@other.org", ["bob@example.gov.vn"], note(n))
+    sink.wait_messages(CONNECTIONS)
+
+    assert gateway.stop() == 0
+    second.wait(10)  # raises TimeoutExpired if it outlived the primary
+    assert not second.is_running()
+    assert len(gateway.events("gateway_stop")) == 2
+
+
+def test_a_helper_never_outlives_a_killed_primary(
+    make_gateway: Callable[..., Gateway], sink: Sink
+) -> None:
+    """SIGKILL forwards nothing: PR_SET_PDEATHSIG gives the helper its SIGTERM."""
+    gateway = start_two(make_gateway, sink)
+    [helper] = helpers(gateway)
+    assert gateway.process is not None
+    gateway.process.kill()
+    gateway.process.wait()
+    helper.wait(40)  # raises TimeoutExpired if it keeps serving
+    assert not helper.is_running()
