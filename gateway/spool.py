@@ -31,9 +31,14 @@ _counter = itertools.count()
 
 
 def new_queue_id() -> str:
-    """Sortable, unique id: milliseconds since the epoch, a counter, randomness."""
+    """Sortable, unique id: milliseconds since the epoch, a counter, the PID, randomness.
+
+    The counter makes ids unique within a process; the PID (at most 2^22 on Linux) among
+    the processes sharing a spool (``smtp.processes``), whose counters all start at 0.
+    """
     millis = int(time.time() * 1000)
-    return f"{millis:011X}{next(_counter) % 0x1000000:06X}{secrets.token_hex(2).upper()}"
+    counter = next(_counter) % 0x1000000
+    return f"{millis:011X}{counter:06X}{os.getpid() % 0x1000000:06X}{secrets.token_hex(2).upper()}"
 
 
 def fsync_dir(path: Path) -> None:

@@ -63,7 +63,9 @@ def test_two_processes_share_the_inbound_listener_and_deliver_each_message_once(
     make_gateway: Callable[..., Gateway], sink: Sink
 ) -> None:
     gateway = start_two(make_gateway, sink)
-    clients = [smtplib.SMTP("127.0.0.1", gateway.inbound_port, timeout=30) for _ in range(CONNECTIONS)]
+    clients = [
+        smtplib.SMTP("127.0.0.1", gateway.inbound_port, timeout=30) for _ in range(CONNECTIONS)
+    ]
     try:
         # Every client has its greeting: each connection is accepted and held by a process.
         assert len(serving_pids(gateway, gateway.inbound_port)) == 2, "one process served all"
@@ -143,3 +145,15 @@ def test_a_helper_never_outlives_a_killed_primary(
     gateway.process.wait()
     helper.wait(40)  # raises TimeoutExpired if it keeps serving
     assert not helper.is_running()
+
+
+@pytest.mark.parametrize("value", [0, 17, "two"])
+def test_check_config_and_serve_refuse_a_bad_processes_value(
+    make_gateway: Callable[..., Gateway], sink: Sink, value: object
+) -> None:
+    gateway = make_gateway(sink.url, sink.url, smtp_extra={"processes": value})
+    checked = gateway.cli("check-config", "--skip-bind", check=False)
+    assert checked.returncode == 1
+    assert f"smtp.processes: expected an integer from 1 to 16, got {value!r}" in checked.stdout
+    served = gateway.cli("serve", check=False)
+    assert served.returncode == 2 and "smtp.processes" in served.stdout

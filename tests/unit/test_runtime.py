@@ -101,3 +101,31 @@ async def test_a_reload_takes_new_argon2_parameters_and_cache_limits(tmp_path: P
     (reloaded,) = [r for r in records if r["event"] == "config_reloaded"]
     assert "auth.hash_workers" in reloaded["reason"]
     await runtime.close()
+
+
+async def test_two_processes_each_enforce_half_the_limits_across_a_reload(
+    tmp_path: Path,
+) -> None:
+    """smtp.processes is fixed at start; a reload keeps dividing by the running count."""
+    sections = {name: dict(values) for name, values in MINIMAL_CONFIG.items()}
+    sections["smtp"]["processes"] = 2
+    sections["auth"] = {"max_failures_per_address": 5}
+    config = make_config(tmp_path)
+    config.path.write_text(render_toml(sections))
+    runtime = Runtime(runtime_module.load_config(config.path))
+    assert (runtime.connections.total, runtime.connections.per_client) == (250, 25)
+    assert {listener.limiter.total for listener in runtime.listeners()} == {200}
+    assert runtime.throttle.per_address == 3
+    sections["smtp"]["processes"] = 4
+    sections["smtp"]["max_connections"] = 100
+    config.path.write_text(render_toml(sections))
+    assert await runtime.reload() is True
+    assert runtime.connections.total == 50, "still 2 processes until a restart"
+    records = [
+        json.loads(line)
+        for path in runtime.config.log.dir.glob("events-*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    (reloaded,) = [r for r in records if r["event"] == "config_reloaded"]
+    assert "smtp.processes" in reloaded["reason"]
+    await runtime.close()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -438,3 +440,17 @@ def test_header_edits_remove_folded_fields_and_add_on_top(spool: Spool, threshol
     assert body.read() == data  # the original is untouched, still the caller's to drop
     edited.discard()
     body.discard()
+
+
+def test_queue_ids_of_two_processes_differ_even_with_the_same_clock_and_counter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """smtp.processes: every process's counter starts at 0 and the clock is shared."""
+    monkeypatch.setattr(spool_module, "time", SimpleNamespace(time=lambda: 1_800_000_000.0))
+    monkeypatch.setattr(spool_module, "secrets", SimpleNamespace(token_hex=lambda n: "00" * n))
+    ids = set()
+    for pid in (4242, 4243):
+        monkeypatch.setattr(spool_module, "os", SimpleNamespace(getpid=lambda pid=pid: pid))
+        monkeypatch.setattr(spool_module, "_counter", itertools.count())
+        ids.add(new_queue_id())
+    assert len(ids) == 2
