@@ -14,7 +14,7 @@ from email.message import EmailMessage
 import psutil
 import pytest
 
-from tests.integration.harness import Gateway, Sink
+from tests.integration.harness import Gateway, RawClient, Sink
 
 CONNECTIONS = 20
 MESSAGES_PER_CONNECTION = 3
@@ -134,15 +134,28 @@ def test_sigterm_stops_the_helper_and_a_killed_helper_is_replaced(
     assert len(gateway.events("gateway_stop")) == 2
 
 
-def test_a_helper_never_outlives_a_killed_primary(
+def test_a_helper_never_outlives_a_killed_primary_and_keeps_the_data_dir_locked(
     make_gateway: Callable[..., Gateway], sink: Sink
 ) -> None:
-    """SIGKILL forwards nothing: PR_SET_PDEATHSIG gives the helper its SIGTERM."""
+    """SIGKILL forwards nothing: PR_SET_PDEATHSIG gives the helper its SIGTERM. While it
+    finishes a transaction, a new serve must not start (its spool recovery would delete
+    the helper's message in progress): the helper holds the inherited lock."""
     gateway = start_two(make_gateway, sink)
     [helper] = helpers(gateway)
-    assert gateway.process is not None
-    gateway.process.kill()
-    gateway.process.wait()
+    clients = [RawClient(gateway.inbound_port) for _ in range(CONNECTIONS)]
+    try:
+        for client in clients:  # each in a transaction: the shutdown grace waits for it
+            assert client.command("EHLO client.test").startswith("250")
+            assert client.command("MAIL FROM:<a@other.org>").startswith("250")
+        assert helper.pid in serving_pids(gateway, gateway.inbound_port)
+        assert gateway.process is not None
+        gateway.process.kill()
+        gateway.process.wait()
+        second = gateway.cli("serve", check=False)
+        assert second.returncode == 2 and "is in use by mailgate PID" in second.stdout
+    finally:
+        for client in clients:
+            client.close()
     helper.wait(40)  # raises TimeoutExpired if it keeps serving
     assert not helper.is_running()
 
