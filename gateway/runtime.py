@@ -473,8 +473,10 @@ async def serve(
             stale_files_removed=stale or None,
         )
     else:
-        smtp = ", ".join(str(s.sockets[0].getsockname()[:2]) for s in servers if s.sockets)
-        runtime.events.emit("gateway_start", reason=f"SMTP helper of PID {helper_of}: {smtp}")
+        smtp = ", ".join(str(a) for key, a in listeners(config) if key.startswith("smtp."))
+        runtime.events.emit(
+            "gateway_start", reason=f"SMTP helper of PID {helper_of}: listening on {smtp}"
+        )
     stop, hangup = asyncio.Event(), asyncio.Event()
 
     def on_hangup() -> None:

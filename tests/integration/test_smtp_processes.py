@@ -6,9 +6,10 @@ the helper, SIGTERM stops both, a killed helper is replaced and mail keeps flowi
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import smtplib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 
 import psutil
@@ -18,6 +19,18 @@ from tests.integration.harness import Gateway, RawClient, Sink
 
 CONNECTIONS = 20
 MESSAGES_PER_CONNECTION = 3
+_SEEN: list[psutil.Process] = []  # every helper a test looked at
+
+
+@pytest.fixture(autouse=True)
+def _no_helper_left_behind() -> Iterator[None]:
+    """A test that fails may leave a helper running (that is what some of them check):
+    kill it, so it holds no port or data_dir lock for the next test."""
+    yield
+    while _SEEN:
+        helper = _SEEN.pop()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            helper.kill()
 
 
 def start_two(make_gateway: Callable[..., Gateway], sink: Sink) -> Gateway:
@@ -29,7 +42,9 @@ def start_two(make_gateway: Callable[..., Gateway], sink: Sink) -> Gateway:
 
 def helpers(gateway: Gateway) -> list[psutil.Process]:
     assert gateway.process is not None
-    return psutil.Process(gateway.process.pid).children()
+    found = psutil.Process(gateway.process.pid).children()
+    _SEEN.extend(found)
+    return found
 
 
 def wait_helpers(gateway: Gateway, starts: int) -> list[psutil.Process]:
