@@ -27,7 +27,7 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +39,38 @@ log = logging.getLogger("gateway")
 # Internal, not a CLI option: set to the primary's PID in a helper's environment.
 HELPER_ENV = "MAILGATE_SMTP_HELPER"
 RESTART_DELAY_SECONDS = 1.0
+READY_EOF_SECONDS = 1.0
 _PR_SET_PDEATHSIG = 1
 
 
-def helper_parent() -> int | None:
-    """The primary's PID when this process is an SMTP helper, else None (and forget the
-    mark, so nothing this process starts inherits it)."""
-    value = os.environ.pop(HELPER_ENV, None)
-    return int(value) if value is not None and value.isdigit() else None
+@dataclass(frozen=True, slots=True)
+class HelperMark:
+    """What a helper is told by its primary: the primary's PID, and the descriptor on
+    which it says "ready" once SIGHUP and SIGTERM are handled (:func:`report_ready`)."""
+
+    primary: int
+    ready_fd: int
+
+
+def helper_mark() -> HelperMark | None:
+    """This process's mark when it is an SMTP helper, else None (and forget it, so
+    nothing this process starts inherits it)."""
+    value = os.environ.pop(HELPER_ENV, "")
+    primary, _, ready_fd = value.partition(",")
+    if not (primary.isdigit() and ready_fd.isdigit()):
+        return None
+    with contextlib.suppress(OSError):  # no child of ours may hold the pipe open
+        os.set_inheritable(int(ready_fd), False)
+    return HelperMark(int(primary), int(ready_fd))
+
+
+def report_ready(mark: HelperMark) -> None:
+    """Tell the primary this helper's signal handlers are in place: until then a SIGHUP
+    would kill it (the default action), so the primary holds it back."""
+    with contextlib.suppress(OSError):
+        os.write(mark.ready_fd, b"r")
+    with contextlib.suppress(OSError):
+        os.close(mark.ready_fd)
 
 
 # -- limits kept in memory ------------------------------------------------------------------
@@ -120,10 +144,18 @@ def helper_command(config_path: Path) -> list[str]:
     return [sys.executable, "-m", "gateway.entry", "-c", str(config_path), "serve"]
 
 
-def _die_with(parent: int) -> None:
+def _libc() -> ctypes.CDLL:
+    """libc's prctl, loaded in the primary: the child between fork and exec
+    of a threaded process must not run the dynamic loader (its lock may be held)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                           ctypes.c_ulong]  # fmt: skip
+    return libc
+
+
+def _before_exec(libc: ctypes.CDLL, parent: int) -> None:
     """In the child before exec: SIGTERM when the primary dies (Linux), and at once if
     it died already, so a helper never serves on its own."""
-    libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGTERM)
@@ -140,7 +172,10 @@ class SmtpHelpers:
         self.events = events
         self.inherit_fds = inherit_fds
         self._running: dict[int, asyncio.subprocess.Process] = {}  # slot -> process
+        self._ready: set[int] = set()  # PIDs whose signal handlers are in place
+        self._hangup_pending: set[int] = set()  # PIDs to get SIGHUP once ready
         self._stopping = asyncio.Event()
+        self._libc = _libc()
 
     @property
     def pids(self) -> list[int]:
@@ -156,13 +191,18 @@ class SmtpHelpers:
         """One slot: start a helper, wait for it, replace it unless we are stopping."""
         while not self._stopping.is_set():
             try:
-                process = await self._start()
+                process, ready = await self._start()
             except Exception as exc:  # fork/exec failed: say so, try again
                 why = f"cannot start an SMTP helper: {type(exc).__name__}: {exc}"
             else:
                 self._running[slot] = process
+                waiting = asyncio.create_task(self._wait_ready(process.pid, ready))
                 code = await process.wait()
+                # Its end of the pipe closed with it: this ends at once.
+                await asyncio.wait({waiting}, timeout=READY_EOF_SECONDS)
                 del self._running[slot]
+                self._ready.discard(process.pid)
+                self._hangup_pending.discard(process.pid)
                 if self._stopping.is_set():
                     return
                 why = f"SMTP helper PID {process.pid} exited ({_status(code)}); starting another"
@@ -171,23 +211,54 @@ class SmtpHelpers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), RESTART_DELAY_SECONDS)
 
-    async def _start(self) -> asyncio.subprocess.Process:
-        primary = os.getpid()
-        process = await asyncio.create_subprocess_exec(
-            *helper_command(self.config_path),
-            env={**os.environ, HELPER_ENV: str(primary)},
-            preexec_fn=lambda: _die_with(primary),
-            pass_fds=self.inherit_fds,
-        )
+    async def _start(self) -> tuple[asyncio.subprocess.Process, int]:
+        """A new helper, and the read end of the pipe on which it reports ready."""
+        primary, libc = os.getpid(), self._libc
+        ready_read, ready_write = os.pipe()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *helper_command(self.config_path),
+                env={**os.environ, HELPER_ENV: f"{primary},{ready_write}"},
+                preexec_fn=lambda: _before_exec(libc, primary),
+                pass_fds=(*self.inherit_fds, ready_write),
+            )
+        except BaseException:
+            os.close(ready_read)
+            raise
+        finally:
+            os.close(ready_write)
         log.info("SMTP helper started, PID %d", process.pid)
-        return process
+        return process, ready_read
+
+    async def _wait_ready(self, pid: int, ready_read: int) -> None:
+        """Mark ``pid`` ready when it says so (EOF: it exited first), then give it the
+        SIGHUP that came while it was starting, if one did."""
+        try:
+            said = await asyncio.to_thread(os.read, ready_read, 1)
+        finally:
+            os.close(ready_read)
+        if not said:
+            return
+        self._ready.add(pid)
+        if pid in self._hangup_pending:
+            self._hangup_pending.discard(pid)
+            self._signal(pid, signal.SIGHUP)
 
     def send(self, signum: int) -> None:
-        """Pass a signal on (SIGHUP: each helper reloads its own config)."""
+        """Pass a signal on. SIGHUP (each helper reloads its own config) waits for a
+        starting helper's handlers; SIGTERM does not (its default action stops it too)."""
         for process in list(self._running.values()):
-            # One that just exited is replaced by its slot, with the current config.
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signum)
+            if signum == signal.SIGHUP and process.pid not in self._ready:
+                self._hangup_pending.add(process.pid)
+            else:
+                self._signal(process.pid, signum)
+
+    def _signal(self, pid: int, signum: int) -> None:
+        # One that just exited is replaced by its slot, with the current config.
+        for process in self._running.values():
+            if process.pid == pid:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signum)
 
     def terminate(self) -> None:
         """Stop replacing helpers and ask each to shut down as the primary does."""

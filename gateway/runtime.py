@@ -31,7 +31,7 @@ from gateway.imap.server import ImapProxy
 from gateway.mime.model import Inspection, Scan
 from gateway.mime.pool import Inspector
 from gateway.pipeline import EnabledFilter
-from gateway.processes import SmtpHelpers, helper_parent, per_process
+from gateway.processes import HelperMark, SmtpHelpers, helper_mark, per_process, report_ready
 from gateway.queue import QueueRunner
 from gateway.relay import Relay, RelaySettings
 from gateway.signing.certs import load_certificates, load_crls
@@ -436,17 +436,18 @@ async def serve(
     config: Config,
     directory: Directory | None = None,
     *,
-    helper_of: int | None = None,
+    helper: HelperMark | None = None,
     lock_fd: int | None = None,
 ) -> None:
     """Run the listeners and the queue until SIGTERM/SIGINT.
 
-    ``helper_of`` (the primary's PID) makes this an SMTP helper: the SMTP listeners
-    only, no spool recovery, queue, IMAP, password page or metrics (gateway/processes.py).
+    ``helper`` (its primary's PID and ready pipe) makes this an SMTP helper: the SMTP
+    listeners only, no spool recovery, queue, IMAP, password page or metrics
+    (gateway/processes.py).
     The primary starts the helpers after binding its own listeners; they inherit
     ``lock_fd``, the data_dir lock.
     """
-    primary = helper_of is None
+    primary = helper is None
     runtime = Runtime(config, directory)
     observers = _start_observers(runtime, config, primary)
     loop = asyncio.get_running_loop()
@@ -475,7 +476,7 @@ async def serve(
     else:
         smtp = ", ".join(str(a) for key, a in listeners(config) if key.startswith("smtp."))
         runtime.events.emit(
-            "gateway_start", reason=f"SMTP helper of PID {helper_of}: listening on {smtp}"
+            "gateway_start", reason=f"SMTP helper of PID {helper.primary}: listening on {smtp}"
         )
     stop, hangup = asyncio.Event(), asyncio.Event()
 
@@ -487,6 +488,8 @@ async def serve(
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    if helper is not None:
+        report_ready(helper)  # from now on a SIGHUP reloads instead of killing
 
     async def reloads() -> None:
         while True:
@@ -547,14 +550,14 @@ def run(config_path: str) -> int:
     An SMTP helper (started by the primary, gateway/processes.py) takes neither the
     port check nor the data_dir lock: the primary holds both for it.
     """
-    helper_of = helper_parent()
+    helper = helper_mark()
     try:
         config = load_config(Path(config_path))
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config error: {problem}")
         return 2
-    problems = check_ports_free(config) if helper_of is None else []
+    problems = check_ports_free(config) if helper is None else []
     if problems:
         for problem in problems:
             print(f"config error: {problem}")
@@ -566,8 +569,8 @@ def run(config_path: str) -> int:
     except DirectoryError as exc:
         print(f"cannot start: {exc}")
         return 2
-    if helper_of is not None:
-        _run_loop(serve(config, directory, helper_of=helper_of))
+    if helper is not None:
+        _run_loop(serve(config, directory, helper=helper))
         return 0
     lock = DataLock(config.gateway.data_dir)
     try:

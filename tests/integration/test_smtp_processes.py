@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import smtplib
+import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 
@@ -173,6 +174,22 @@ def test_a_helper_never_outlives_a_killed_primary_and_keeps_the_data_dir_locked(
             client.close()
     helper.wait(40)  # raises TimeoutExpired if it keeps serving
     assert not helper.is_running()
+
+
+def test_a_reload_while_a_helper_starts_does_not_kill_it(
+    make_gateway: Callable[..., Gateway], sink: Sink
+) -> None:
+    """SIGHUP's default action is to exit: a helper ignores it until its loop handles it."""
+    gateway = start_two(make_gateway, sink)
+    [first] = helpers(gateway)
+    first.kill()
+    deadline = time.monotonic() + 15
+    while len(gateway.events("gateway_start")) < 3 and time.monotonic() < deadline:
+        gateway.signal(signal.SIGHUP)  # lands on the new helper at every stage of its start
+        time.sleep(0.02)
+    wait_helpers(gateway, starts=2)
+    reasons = [e["reason"] for e in gateway.events("internal_error")]
+    assert reasons == [f"SMTP helper PID {first.pid} exited (killed by SIGKILL); starting another"]
 
 
 @pytest.mark.parametrize("value", [0, 17, "two"])
