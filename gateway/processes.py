@@ -36,7 +36,7 @@ from gateway.events.writer import EventLog
 
 log = logging.getLogger("gateway")
 
-# Internal, not a CLI option: set to the primary's PID in a helper's environment.
+# Internal, not a CLI option: "PRIMARY_PID,READY_FD" in a helper's environment.
 HELPER_ENV = "MAILGATE_SMTP_HELPER"
 RESTART_DELAY_SECONDS = 1.0
 READY_EOF_SECONDS = 1.0
@@ -177,10 +177,6 @@ class SmtpHelpers:
         self._stopping = asyncio.Event()
         self._libc = _libc()
 
-    @property
-    def pids(self) -> list[int]:
-        return [process.pid for process in self._running.values()]
-
     async def run(self) -> None:
         """Start every helper and keep each slot filled until :meth:`terminate`."""
         async with asyncio.TaskGroup() as group:
@@ -196,6 +192,8 @@ class SmtpHelpers:
                 why = f"cannot start an SMTP helper: {type(exc).__name__}: {exc}"
             else:
                 self._running[slot] = process
+                if self._stopping.is_set():  # terminate() came while it was starting
+                    self._signal(process.pid, signal.SIGTERM)
                 waiting = asyncio.create_task(self._wait_ready(process.pid, ready))
                 code = await process.wait()
                 # Its end of the pipe closed with it: this ends at once.
