@@ -46,7 +46,7 @@ from gateway.smtp.replies import Reply
 from gateway.smtp.server import ConnectionLimiter, GatewaySMTP, Limits
 from gateway.smtp.submission import SubmissionHandler
 from gateway.smtp.tls_accept import ImplicitTLSAcceptor
-from gateway.spool import Body, Spool
+from gateway.spool import Body, Spool, tag_queue_ids_with_pid
 from gateway.tls import server_context
 from gateway.web.server import PasswordPage
 
@@ -449,6 +449,8 @@ async def serve(
     """
     primary = helper is None
     runtime = Runtime(config, directory)
+    if runtime.processes > 1:
+        tag_queue_ids_with_pid()  # the processes share the spool
     observers = _start_observers(runtime, config, primary)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_exception_handler)

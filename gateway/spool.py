@@ -28,17 +28,23 @@ from typing import BinaryIO
 CHUNK = 1 << 20
 NEW_BODY_IN_MEMORY = 1 << 20  # bytes of a gateway-made body kept in memory
 _counter = itertools.count()
+_pid_tag = ""  # see tag_queue_ids_with_pid
 
 
 def new_queue_id() -> str:
-    """Sortable, unique id: milliseconds since the epoch, a counter, the PID, randomness.
-
-    The counter makes ids unique within a process; the PID (at most 2^22 on Linux) among
-    the processes sharing a spool (``smtp.processes``), whose counters all start at 0.
-    """
+    """Sortable, unique id: milliseconds since the epoch, a counter, randomness (and the
+    PID when :func:`tag_queue_ids_with_pid` was called)."""
     millis = int(time.time() * 1000)
     counter = next(_counter) % 0x1000000
-    return f"{millis:011X}{counter:06X}{os.getpid() % 0x1000000:06X}{secrets.token_hex(2).upper()}"
+    return f"{millis:011X}{counter:06X}{_pid_tag}{secrets.token_hex(2).upper()}"
+
+
+def tag_queue_ids_with_pid() -> None:
+    """With ``smtp.processes`` > 1 several processes share the spool and every one's
+    counter starts at 0: the PID (at most 2^22 on Linux) keeps their ids apart. Called
+    once at start; with one process the ids keep their shorter form."""
+    global _pid_tag
+    _pid_tag = f"{os.getpid() % 0x1000000:06X}"
 
 
 def fsync_dir(path: Path) -> None:

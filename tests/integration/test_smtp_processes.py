@@ -98,6 +98,7 @@ def test_two_processes_share_the_inbound_listener_and_deliver_each_message_once(
     assert ids == sorted(f"proc-{n}@other.org".encode() for n in range(total)), "exactly once"
     queue_ids = [e["queue_id"] for e in gateway.events("message_accepted")]
     assert len(queue_ids) == total == len(set(queue_ids))
+    assert {len(q) for q in queue_ids} == {27}, "each process's ids carry its PID"
 
 
 def attachment(size: int) -> bytes:

@@ -448,9 +448,13 @@ def test_queue_ids_of_two_processes_differ_even_with_the_same_clock_and_counter(
     """smtp.processes: every process's counter starts at 0 and the clock is shared."""
     monkeypatch.setattr(spool_module, "time", SimpleNamespace(time=lambda: 1_800_000_000.0))
     monkeypatch.setattr(spool_module, "secrets", SimpleNamespace(token_hex=lambda n: "00" * n))
+    monkeypatch.setattr(spool_module, "_pid_tag", "")
+    monkeypatch.setattr(spool_module, "_counter", itertools.count())
+    assert len(new_queue_id()) == 21, "one process: the form it always had"
     ids = set()
     for pid in (4242, 4243):
         monkeypatch.setattr(spool_module, "os", SimpleNamespace(getpid=lambda pid=pid: pid))
         monkeypatch.setattr(spool_module, "_counter", itertools.count())
+        spool_module.tag_queue_ids_with_pid()
         ids.add(new_queue_id())
     assert len(ids) == 2
