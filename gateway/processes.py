@@ -36,7 +36,7 @@ from gateway.events.writer import EventLog
 
 log = logging.getLogger("gateway")
 
-# Internal, not a CLI option: "PRIMARY_PID,READY_FD" in a helper's environment.
+# Internal, not a CLI option: "PRIMARY_PID,READY_FD,PROCESSES" in a helper's environment.
 HELPER_ENV = "MAILGATE_SMTP_HELPER"
 RESTART_DELAY_SECONDS = 1.0
 READY_EOF_SECONDS = 1.0
@@ -45,23 +45,25 @@ _PR_SET_PDEATHSIG = 1
 
 @dataclass(frozen=True, slots=True)
 class HelperMark:
-    """What a helper is told by its primary: the primary's PID, and the descriptor on
-    which it says "ready" once SIGHUP and SIGTERM are handled (:func:`report_ready`)."""
+    """What a helper is told by its primary: the primary's PID, the descriptor on which
+    it says "ready" once SIGHUP and SIGTERM are handled (:func:`report_ready`), and the
+    number of processes running (the config file may say otherwise since the start)."""
 
     primary: int
     ready_fd: int
+    processes: int
 
 
 def helper_mark() -> HelperMark | None:
     """This process's mark when it is an SMTP helper, else None (and forget it, so
     nothing this process starts inherits it)."""
-    value = os.environ.pop(HELPER_ENV, "")
-    primary, _, ready_fd = value.partition(",")
-    if not (primary.isdigit() and ready_fd.isdigit()):
+    parts = os.environ.pop(HELPER_ENV, "").split(",")
+    if len(parts) != 3 or not all(part.isdigit() for part in parts):
         return None
+    primary, ready_fd, processes = map(int, parts)
     with contextlib.suppress(OSError):  # no child of ours may hold the pipe open
-        os.set_inheritable(int(ready_fd), False)
-    return HelperMark(int(primary), int(ready_fd))
+        os.set_inheritable(ready_fd, False)
+    return HelperMark(primary, ready_fd, processes)
 
 
 def report_ready(mark: HelperMark) -> None:
@@ -216,7 +218,7 @@ class SmtpHelpers:
         try:
             process = await asyncio.create_subprocess_exec(
                 *helper_command(self.config_path),
-                env={**os.environ, HELPER_ENV: f"{primary},{ready_write}"},
+                env={**os.environ, HELPER_ENV: f"{primary},{ready_write},{self.count + 1}"},
                 preexec_fn=lambda: _before_exec(libc, primary),
                 pass_fds=(*self.inherit_fds, ready_write),
             )

@@ -126,11 +126,14 @@ class Runtime:
     It is what the SMTP handlers see as ``SmtpServices`` (gateway/smtp/services.py).
     """
 
-    def __init__(self, config: Config, directory: Directory | None = None) -> None:
+    def __init__(
+        self, config: Config, directory: Directory | None = None, processes: int | None = None
+    ) -> None:
         self.log = log
-        # Fixed at start: the number of processes serving SMTP (smtp.processes); each
-        # enforces its share of the limits kept in memory (gateway/processes.py).
-        self.processes = config.smtp.processes
+        # Fixed at start: the number of processes serving SMTP (smtp.processes, or what
+        # the primary told a helper); each enforces its share of the limits kept in
+        # memory (gateway/processes.py).
+        self.processes = processes or config.smtp.processes
         config = per_process(config, self.processes)
         self.config = config
         self.events = EventLog(config.log.dir)
@@ -448,7 +451,7 @@ async def serve(
     ``lock_fd``, the data_dir lock.
     """
     primary = helper is None
-    runtime = Runtime(config, directory)
+    runtime = Runtime(config, directory, helper.processes if helper else None)
     if runtime.processes > 1:
         tag_queue_ids_with_pid()  # the processes share the spool
     observers = _start_observers(runtime, config, primary)

@@ -133,6 +133,8 @@ def test_sigterm_stops_the_helper_and_a_killed_helper_is_replaced(
     make_gateway: Callable[..., Gateway], sink: Sink
 ) -> None:
     gateway = start_two(make_gateway, sink)
+    # Edited without a SIGHUP: the replacement must still be one of two processes.
+    gateway.write_config(gateway.config_path.read_text().replace("processes = 2", "processes = 1"))
     [first] = helpers(gateway)
     first.kill()
     first.wait(10)
@@ -144,6 +146,8 @@ def test_sigterm_stops_the_helper_and_a_killed_helper_is_replaced(
         with smtplib.SMTP("127.0.0.1", gateway.inbound_port) as client:
             client.sendmail("a@other.org", ["bob@example.gov.vn"], note(n))
     sink.wait_messages(CONNECTIONS)
+    queue_ids = [e["queue_id"] for e in gateway.events("message_accepted")]
+    assert {len(q) for q in queue_ids} == {27}, "both processes tag their queue ids"
 
     assert gateway.stop() == 0
     second.wait(10)  # raises TimeoutExpired if it outlived the primary
