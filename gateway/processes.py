@@ -39,6 +39,7 @@ log = logging.getLogger("gateway")
 # Internal, not a CLI option: "PRIMARY_PID,READY_FD,PROCESSES" in a helper's environment.
 HELPER_ENV = "MAILGATE_SMTP_HELPER"
 RESTART_DELAY_SECONDS = 1.0
+MAX_RESTART_DELAY_SECONDS = 60.0
 READY_EOF_SECONDS = 1.0
 _PR_SET_PDEATHSIG = 1
 
@@ -186,8 +187,15 @@ class SmtpHelpers:
                 group.create_task(self._keep(slot))
 
     async def _keep(self, slot: int) -> None:
-        """One slot: start a helper, wait for it, replace it unless we are stopping."""
+        """One slot: start a helper, wait for it, replace it unless we are stopping.
+
+        The first replacement comes after a second; one that keeps failing (a config
+        file broken since the start, say) is retried ever more slowly, up to once a
+        minute, so it does not fill the log with an event a second."""
+        loop = asyncio.get_running_loop()
+        delay = RESTART_DELAY_SECONDS
         while not self._stopping.is_set():
+            started = loop.time()
             try:
                 process, ready = await self._start()
             except Exception as exc:  # fork/exec failed: say so, try again
@@ -206,10 +214,13 @@ class SmtpHelpers:
                 if self._stopping.is_set():
                     return
                 why = f"SMTP helper PID {process.pid} exited ({_status(code)}); starting another"
-            log.error("%s", why)
-            self.events.emit("internal_error", reason=why)
+            if loop.time() - started > MAX_RESTART_DELAY_SECONDS:
+                delay = RESTART_DELAY_SECONDS  # it ran a good while: not a crash loop
+            log.error("%s in %g s", why, delay)
+            self.events.emit("internal_error", reason=f"{why} in {delay:g} s")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), RESTART_DELAY_SECONDS)
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            delay = min(delay * 2, MAX_RESTART_DELAY_SECONDS)
 
     async def _start(self) -> tuple[asyncio.subprocess.Process, int]:
         """A new helper, and the read end of the pipe on which it reports ready."""

@@ -141,7 +141,9 @@ def test_sigterm_stops_the_helper_and_a_killed_helper_is_replaced(
     [second] = wait_helpers(gateway, starts=2)
     assert second.pid != first.pid
     event = gateway.wait_event("internal_error")
-    assert f"SMTP helper PID {first.pid} exited (killed by SIGKILL)" in event["reason"]
+    assert event["reason"] == (
+        f"SMTP helper PID {first.pid} exited (killed by SIGKILL); starting another in 1 s"
+    )
     for n in range(CONNECTIONS):  # both processes still take mail
         with smtplib.SMTP("127.0.0.1", gateway.inbound_port) as client:
             client.sendmail("a@other.org", ["bob@example.gov.vn"], note(n))
@@ -194,7 +196,27 @@ def test_a_reload_while_a_helper_starts_does_not_kill_it(
         time.sleep(0.02)
     wait_helpers(gateway, starts=2)
     reasons = [e["reason"] for e in gateway.events("internal_error")]
-    assert reasons == [f"SMTP helper PID {first.pid} exited (killed by SIGKILL); starting another"]
+    assert reasons == [
+        f"SMTP helper PID {first.pid} exited (killed by SIGKILL); starting another in 1 s"
+    ]
+
+
+def test_a_helper_that_cannot_start_is_retried_ever_more_slowly(
+    make_gateway: Callable[..., Gateway], sink: Sink
+) -> None:
+    """A config file broken since the start (no SIGHUP yet) must not mean an event a
+    second; once it is fixed, the slot fills again."""
+    gateway = start_two(make_gateway, sink)
+    good = gateway.config_path.read_text()
+    gateway.write_config(good + "\n[smtp\n")
+    [first] = helpers(gateway)
+    first.kill()
+    failures = gateway.wait_events("internal_error", 3)
+    delays = [e["reason"].rsplit("starting another in ", 1)[1] for e in failures[:3]]
+    assert delays == ["1 s", "2 s", "4 s"]
+    assert "exited (exit code 2)" in failures[1]["reason"], "refused the broken config"
+    gateway.write_config(good)
+    wait_helpers(gateway, starts=2)
 
 
 @pytest.mark.parametrize("value", [0, 17, "two"])
