@@ -14,8 +14,9 @@ AES-256 envelope of the message; python-gnupg's sign+encrypt with the agent warm
 Targets: DKIM rsa-sha256 through the gateway >= 1,000 msgs/s; S/MIME sign >= 70% of the raw
 pkcs7 call's rate; PGP sign+encrypt >= 100 msgs/s.
 
-Run: ``.venv/bin/python bench/signing.py [--messages N]``; writes
-``bench/results/signing.json``. Needs Postfix's smtp-sink as the next hop.
+Run: ``.venv/bin/python bench/signing.py [--messages N] [--processes N]`` (the gateway's
+``smtp.processes``); writes ``bench/results/signing.json``. Needs Postfix's smtp-sink as
+the next hop.
 """
 
 from __future__ import annotations
@@ -163,12 +164,15 @@ def encrypted_probe(index: int) -> bytes:
 
 
 def run_line(name: str, workdir: Path, messages: int, connections: int, setup: list[list[str]],
-             extra_config: str,
-             payload: Callable[[int], bytes] | None = None) -> Line:  # fmt: skip
+             extra_config: str, payload: Callable[[int], bytes] | None = None,
+             processes: int = 1) -> Line:  # fmt: skip
     sink = Sink(workdir)
     sink.start()
     server = make_gateway(workdir, sink.port)
     config = gateway_config(server)
+    if processes > 1:  # smtp.processes: SMTP helpers on the same ports
+        text = config.read_text(encoding="utf-8")
+        config.write_text(text.replace("[smtp]\n", f"[smtp]\nprocesses = {processes}\n", 1))
     mailgate = [*gateway_command(), "-c", str(config)]
     add = ["mailbox", "add", SENDER, "--name", "Bench Sender", "--password", PASSWORD]
     subprocess.run([*mailgate, *add], check=True, capture_output=True, timeout=60)
@@ -184,6 +188,7 @@ def run_line(name: str, workdir: Path, messages: int, connections: int, setup: l
     submission = int(listen.rsplit(":", 1)[1])
     try:
         server.start()
+        wait_listening(submission, processes)
         login = (SENDER, PASSWORD)
         payload = payload or probe_message_for
         drive(submission, 1, 20, payload, 120, login=login)  # the login cache warm
@@ -202,6 +207,26 @@ def run_line(name: str, workdir: Path, messages: int, connections: int, setup: l
     )
 
 
+def wait_listening(port: int, processes: int, timeout: float = 30.0) -> None:
+    """Until ``processes`` processes listen on ``port``: the primary greets at once, its
+    helpers bind a moment later, and connections made before then all go to it."""
+    if processes <= 1:
+        return
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        owners = {
+            c.pid
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+        }
+        if len(owners) >= processes:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{processes} processes were not listening on {port} in {timeout:g} s")
+
+
 def probe_message_for(index: int) -> bytes:
     return probe_message(5120, index)
 
@@ -210,6 +235,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=4000)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--processes", type=int, default=1, help="smtp.processes of the gateway")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = parser.parse_args()
     keep = tempfile.TemporaryDirectory(prefix="bench-signing-keys-")
@@ -238,7 +264,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="bench-signing-") as folder:
             log(f"{name} ...")
             count = args.messages if "PGP" not in name else max(200, args.messages // 8)
-            line = run_line(name, Path(folder), count, args.connections, setup, extra, payload)
+            line = run_line(name, Path(folder), count, args.connections, setup, extra, payload,
+                            args.processes)  # fmt: skip
             line.raw_per_s = primitive
             lines.append(line)
     keep.cleanup()
