@@ -22,6 +22,8 @@ from email.message import EmailMessage, Message, MIMEPart
 from email.utils import format_datetime, make_msgid, parseaddr
 from io import BytesIO
 
+from gateway.mime.sniff import is_utf8
+
 __all__ = ["FailedRecipient", "build_dsn", "is_bounce_worthy"]
 
 SUBJECT = "Undelivered Mail Returned to Sender"
@@ -203,7 +205,7 @@ def _headers_part(original_headers: bytes) -> Message:
         part.set_payload(data.decode("ascii"))
     else:
         part["Content-Type"] = "text/rfc822-headers"
-        if _is_utf8(data):
+        if is_utf8(data):
             part.set_param("charset", "utf-8")
         part["Content-Transfer-Encoding"] = "quoted-printable"
         part.set_payload(binascii.b2a_qp(data, quotetabs=False, istext=True).decode("ascii"))
@@ -243,14 +245,6 @@ def _ascii(text: str) -> str:
         out.append(piece)
         size += len(piece)
     return "".join(out)
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _utc(moment: datetime) -> datetime:

@@ -20,28 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.events.search import day_files, open_day
+from gateway.events.search import LEADING_FIELDS, day_files, open_day
 from gateway.events.verify import Report, verify
 from gateway.events.writer import rfc3339
 
 FORMATS = ("jsonl", "csv")
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-CSV_COLUMNS = (
-    "ts",
-    "event",
-    "session",
-    "client",
-    "user",
-    "message_id",
-    "sender",
-    "recipients",
-    "size",
-    "code",
-    "reason",
-    "seq",
-    "chain",
-    "other",
-)
+# The contract's fields in the order search prints them, then the chain, then the rest.
+CSV_COLUMNS = ("ts", "event", *LEADING_FIELDS, "seq", "chain", "other")
 
 
 def export(log_dir: Path, since: datetime, until: datetime, fmt: str, out: TextIO) -> Report:

@@ -23,8 +23,8 @@ from gateway.events.search import (
     COMPRESSED_SUFFIX,
     Query,
     day_files,
+    day_lines,
     decode_json,
-    open_day,
     sort_key,
 )
 
@@ -179,20 +179,11 @@ def _records(text: bytes, needles: Needles | None) -> Iterator[Hit]:
 
 
 def _stream(path: Path) -> Iterator[Hit]:
-    """Every record of a day file, line by line (a whole day need not fit in memory); a
-    truncated ``.gz`` yields what it holds, as ``read_day`` does."""
-    try:
-        handle = open_day(path)
-    except FileNotFoundError:  # purged between listing and reading
-        return
-    with handle:
-        try:
-            for raw in handle:
-                hit = decode_json(raw)
-                if hit is not None:
-                    yield hit
-        except (OSError, EOFError):
-            return
+    """Every record of a day file, line by line, as ``read_day`` reads it."""
+    for raw in day_lines(path):
+        hit = decode_json(raw)
+        if hit is not None:
+            yield hit
 
 
 def _candidates(text: bytes, needles: Needles | None) -> list[bytes]:

@@ -22,8 +22,10 @@ from gateway.events.writer import EVENT_FILE_PREFIX, EVENT_FILE_SUFFIX, event_fi
 
 __all__ = [
     "COMPRESSED_SUFFIX",
+    "LEADING_FIELDS",
     "Query",
     "day_files",
+    "day_lines",
     "decode_json",
     "decode_line",
     "format_event",
@@ -42,7 +44,7 @@ _RECORD_START = '{"ts":'
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TIME_FORMS = "expected e.g. 2026-11-25, 2026-11-25T10:00:00Z or 2026-11-25T17:00:00+07:00"
 # Fields shown first by format_event, in the contract's order; the rest follow as written.
-_LEADING_FIELDS = (
+LEADING_FIELDS = (
     "session",
     "client",
     "user",
@@ -161,7 +163,7 @@ def format_event(record: dict[str, Any]) -> str:
     header can neither split the line nor forge a field.
     """
     pieces = [_show(record.get("ts", "-")), _show(record.get("event", "-"))]
-    keys = [k for k in _LEADING_FIELDS if k in record]
+    keys = [k for k in LEADING_FIELDS if k in record]
     keys += [k for k in record if k not in keys and k not in ("ts", "event")]
     pieces += [f"{_show(key)}={_show(record[key])}" for key in keys]
     return " ".join(pieces)
@@ -221,26 +223,26 @@ def open_day(path: Path) -> BinaryIO:
 
 
 def read_day(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of one day file, plain or compressed; unreadable lines are skipped.
-
-    A compressed file cut short (a crash while it was written) yields what it holds.
-    """
-    try:
-        handle = open_day(path)
-    except FileNotFoundError:  # purged between listing and reading
-        return
-    with handle:
-        try:
-            yield from _lines(handle)
-        except (OSError, EOFError):  # a truncated or corrupt .gz: what was read stands
-            return
-
-
-def _lines(handle: BinaryIO) -> Iterator[dict[str, Any]]:
-    for raw in handle:
+    """Records of one day file, plain or compressed; unreadable lines are skipped."""
+    for raw in day_lines(path):
         record = decode_line(raw)
         if record is not None:
             yield record
+
+
+def day_lines(path: Path) -> Iterator[bytes]:
+    """The raw lines of one day file, plain or compressed, one at a time (a whole day
+    need not fit in memory). A compressed file cut short (a crash while it was written)
+    yields what it holds; a file purged between listing and reading, nothing."""
+    try:
+        handle = open_day(path)
+    except FileNotFoundError:
+        return
+    with handle:
+        try:
+            yield from handle
+        except (OSError, EOFError):  # a truncated or corrupt .gz: what was read stands
+            return
 
 
 def decode_line(raw: bytes) -> dict[str, Any] | None:

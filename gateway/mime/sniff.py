@@ -56,6 +56,16 @@ _MAGIC: tuple[tuple[int, bytes, str], ...] = (
 _ODF = {ODT, ODS, "application/vnd.oasis.opendocument.presentation"}
 
 
+def is_utf8(data: bytes) -> bool:
+    """Whether 8-bit text is UTF-8 (else its charset is unknown): what a part that
+    declares none is labelled with when the gateway re-encodes it."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def sniff(data: bytes) -> str | None:
     """The type the bytes' magic number says, or None if it says nothing we know."""
     if data.startswith(b"MZ") and _is_pe(data):

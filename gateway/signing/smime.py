@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from gateway.mime.sniff import is_utf8
 from gateway.signing.certs import Bundle, addresses_of, fingerprint
 
 OPENSSL_TIMEOUT = 10.0
@@ -205,7 +206,7 @@ def _recoded(head: Message, data: bytes) -> tuple[list[tuple[str, str]], bytes]:
     is_text = head.get_content_maintype() == "text"
     fields = [("Content-Transfer-Encoding", "quoted-printable" if is_text else "base64")]
     if is_text and "content-type" not in head:
-        charset = "utf-8" if _is_utf8(data) else "unknown-8bit"
+        charset = "utf-8" if is_utf8(data) else "unknown-8bit"
         fields.insert(0, ("Content-Type", f'text/plain; charset="{charset}"'))
     return fields, _qp(data) if is_text else _b64(data)
 
@@ -267,14 +268,6 @@ def _param(key: str, value: str | tuple[str, str, str]) -> str:
     if text.isascii():
         return f'{key}="{email.utils.quote(text)}"'
     return f"{key}*={email.utils.encode_rfc2231(text, 'utf-8', '')}"
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _plainly_seven_bit(entity: bytes) -> bool:

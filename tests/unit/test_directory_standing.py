@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 
-from gateway.directory import passwords, standing
+from gateway.directory import standing
 from gateway.directory.mailboxes import Directory, Registration
 from gateway.directory.standing import SenderStandings
 
@@ -18,18 +18,12 @@ USER = "nvan@most.gov.vn"
 UNIT = "vanphong@most.gov.vn"
 
 
-@pytest.fixture(autouse=True)
-def cheap_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        passwords, "_HASHER", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
-    )
-
-
 @pytest.fixture
 def directories(tmp_path: Path) -> Iterator[tuple[Directory, Directory]]:
     """serve's directory, and another opened on the same file (the CLI's)."""
     path = tmp_path / "directory.db"
-    served = Directory(path)
+    # Real argon2id at its cheapest: hashing is not what these tests check.
+    served = Directory(path, hasher=PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
     served.add_unit("VP", "Văn phòng")
     served.add(Registration(USER, "Nguyễn Văn An"), "Mậtkhẩu#2026")
     served.add(Registration(UNIT, "Văn phòng", kind="unit", unit="VP"), None)
