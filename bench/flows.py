@@ -77,6 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="fewer messages")
     p.add_argument("--rounds", type=int, default=1, help="repeat, interleaved; report medians")
     p.add_argument("--connections", type=int, default=20, help="client connections")
+    p.add_argument("--processes", type=int, default=1, help="the gateway's smtp.processes")
     p.add_argument("--plain-messages", type=int, help="5 KB messages per line (2000/500)")
     p.add_argument("--docx-messages", type=int, help="docx messages per line (150/40)")
     p.add_argument("--group-messages", type=int, help="messages to the group per line (600/150)")
@@ -119,7 +120,9 @@ def postfix_with_group(workdir: Path, sink_port: int) -> PostfixServer:
 
 
 @contextmanager
-def started(system: str, workload: str, workdir: Path, clamd: str | None) -> Iterator[Server]:
+def started(
+    system: str, workload: str, workdir: Path, clamd: str | None, processes: int = 1
+) -> Iterator[Server]:
     workdir.mkdir(parents=True, exist_ok=True)
     sink = Sink(workdir)
     server: Server | None = None
@@ -132,7 +135,7 @@ def started(system: str, workload: str, workdir: Path, clamd: str | None) -> Ite
                 else PostfixServer(workdir, sink.port)
             )
         else:
-            gateway = make_gateway(workdir, sink.port)
+            gateway = make_gateway(workdir, sink.port, processes=processes)
             if system == "gateway+clamav":
                 assert clamd is not None
                 append_config(
@@ -161,7 +164,7 @@ def measure(
     line = Line(workload, system, messages=count)
     recipient = GROUP if workload == "group" else RCPT
     try:
-        with started(system, workload, workdir, clamd) as server:
+        with started(system, workload, workdir, clamd, args.processes) as server:
             warm = max(5, count // 20)
             drive(server.port, min(warm, args.connections), warm, payload, args.timeout,
                   recipient=recipient)  # fmt: skip
@@ -244,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         if system != "postfix":
             doc["ratios"][f"{workload}/{system}"] = ratio  # type: ignore[index]
     doc["rounds"] = args.rounds
+    doc["gateway_processes"] = args.processes
     doc["elapsed_s"] = time.monotonic() - started_at
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

@@ -234,6 +234,7 @@ def report(
             "rounds": args.rounds,
         },
         "postfix_settings": args.postfix_set,
+        "gateway_processes": args.gateway_processes,
         "latency_method": (
             f"asyncio probe in the harness process: {args.latency_clients} connections, "
             f"{args.latency_messages} messages in total, sequential per connection, "

@@ -75,6 +75,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     p.add_argument("--gateway-bin", help="gateway executable (default: the venv's mailgate)")
     p.add_argument(
+        "--gateway-processes", type=int, default=1,
+        help="the gateway's smtp.processes (default 1, as its shipped config)",
+    )  # fmt: skip
+    p.add_argument(
         "--postfix-set",
         action="append",
         default=[],
@@ -101,10 +105,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         docx = args.docx_messages if args.workload != "plain" else 0
         args.timeout = max(120.0, args.messages / 25, float(docx))
     positive = (args.messages, args.sessions, args.size, args.latency_clients, args.rounds)
-    if min(*positive, args.docx_messages, args.docx_connections, args.haraka_nodes) < 1:
+    counts = (args.docx_messages, args.docx_connections, args.haraka_nodes, args.gateway_processes)
+    if min(*positive, *counts) < 1:
         p.error(
             "--messages, --sessions, --size, --latency-clients, --rounds, --docx-messages, "
-            "--docx-connections, --haraka-nodes must be positive"
+            "--docx-connections, --haraka-nodes, --gateway-processes must be positive"
         )
     for setting in args.postfix_set:
         if not re.fullmatch(r"[a-z0-9_]+\s*=[^\n]*", setting):

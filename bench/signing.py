@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable as a
 from bench.common import BENCH_DIR, SENDER, log, percentile
 from bench.load import drive
 from bench.messages import probe_message
-from bench.systems import Sink, gateway_command, gateway_config, make_gateway
+from bench.systems import Sink, gateway_command, gateway_config, make_gateway, wait_listening
 
 PASSWORD = "Bench-Sign-2026!"
 DEFAULT_JSON = BENCH_DIR / "results" / "signing.json"
@@ -168,11 +168,8 @@ def run_line(name: str, workdir: Path, messages: int, connections: int, setup: l
              processes: int = 1) -> Line:  # fmt: skip
     sink = Sink(workdir)
     sink.start()
-    server = make_gateway(workdir, sink.port)
+    server = make_gateway(workdir, sink.port, processes=processes)
     config = gateway_config(server)
-    if processes > 1:  # smtp.processes: SMTP helpers on the same ports
-        text = config.read_text(encoding="utf-8")
-        config.write_text(text.replace("[smtp]\n", f"[smtp]\nprocesses = {processes}\n", 1))
     mailgate = [*gateway_command(), "-c", str(config)]
     add = ["mailbox", "add", SENDER, "--name", "Bench Sender", "--password", PASSWORD]
     subprocess.run([*mailgate, *add], check=True, capture_output=True, timeout=60)
@@ -205,26 +202,6 @@ def run_line(name: str, workdir: Path, messages: int, connections: int, setup: l
         percentile(lat, 99) if lat else 0.0,
         result.refused,
     )
-
-
-def wait_listening(port: int, processes: int, timeout: float = 30.0) -> None:
-    """Until ``processes`` processes listen on ``port``: the primary greets at once, its
-    helpers bind a moment later, and connections made before then all go to it."""
-    if processes <= 1:
-        return
-    import psutil
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        owners = {
-            c.pid
-            for c in psutil.net_connections(kind="tcp")
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-        }
-        if len(owners) >= processes:
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"{processes} processes were not listening on {port} in {timeout:g} s")
 
 
 def probe_message_for(index: int) -> bytes:

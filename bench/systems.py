@@ -146,8 +146,10 @@ class ProcessServer(Server):
         port: int,
         workdir: Path,
         ready_timeout: float = 30,
+        listeners: int = 1,
     ) -> None:
         self.name = name
+        self.listeners = listeners
         self.cmd = cmd
         self.port = port
         self.log_path = workdir / f"{name}.out"
@@ -173,9 +175,10 @@ class ProcessServer(Server):
             lambda: self.proc is not None and self.proc.poll() is None,
             what=self.name,
         )
+        wait_listening(self.port, self.listeners, self.ready_timeout)
 
     def pids(self) -> list[int]:
-        """The subprocess pid."""
+        """The subprocess pid (its helpers are its children: ``proc_tree`` finds them)."""
         return [self.proc.pid] if self.proc and self.proc.poll() is None else []
 
     def stop(self) -> None:
@@ -372,8 +375,30 @@ def gateway_command(override: str | None = None) -> list[str]:
     return [sys.executable, "-m", "gateway.cli"]
 
 
-def make_gateway(workdir: Path, sink_port: int, binary: str | None = None) -> ProcessServer:
-    """Write a gateway config relaying everything to the sink and return its server."""
+def wait_listening(port: int, processes: int, timeout: float = 30.0) -> None:
+    """Until ``processes`` processes listen on ``port``: a gateway's primary greets at once,
+    its SMTP helpers (``smtp.processes``) bind a moment later, and connections made before
+    then all go to the primary."""
+    if processes <= 1:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        owners = {
+            c.pid
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+        }
+        if len(owners) >= processes:
+            return
+        time.sleep(0.2)
+    raise BenchError(f"{processes} processes were not listening on {port} in {timeout:g} s")
+
+
+def make_gateway(
+    workdir: Path, sink_port: int, binary: str | None = None, processes: int = 1
+) -> ProcessServer:
+    """Write a gateway config relaying everything to the sink and return its server;
+    ``processes`` > 1 sets ``smtp.processes`` (SMTP helpers on the same ports)."""
     base = workdir
     for sub in ("var", "log"):
         (base / sub).mkdir(parents=True, exist_ok=True)
@@ -385,6 +410,7 @@ domains = ["bench.example"]
 data_dir = "{base / "var"}"
 
 [smtp]
+processes = {processes}
 inbound_listen = "{HOST}:{inbound}"
 submission_listen = "{HOST}:{submission}"
 require_tls_for_auth = false
@@ -405,7 +431,7 @@ dir = "{base / "log"}"
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     cmd = [*gateway_command(binary), "-c", str(cfg_path), "serve"]
-    return ProcessServer("gateway", cmd, inbound, workdir, ready_timeout=60)
+    return ProcessServer("gateway", cmd, inbound, workdir, ready_timeout=60, listeners=processes)
 
 
 def gateway_config(server: ProcessServer) -> Path:
@@ -434,6 +460,7 @@ class ServerOptions:
     gateway_bin: str | None = None
     postfix_settings: tuple[str, ...] = ()
     haraka_nodes: int = 1
+    gateway_processes: int = 1
 
 
 def make_server(system: str, workdir: Path, sink: Sink, opts: ServerOptions) -> Server:
@@ -448,7 +475,7 @@ def make_server(system: str, workdir: Path, sink: Sink, opts: ServerOptions) -> 
         cmd, port = prepare_haraka(workdir, sink.port, opts.haraka_nodes)
         return ProcessServer("haraka", cmd, port, workdir, ready_timeout=60)
     if system == "gateway":
-        return make_gateway(workdir, sink.port, opts.gateway_bin)
+        return make_gateway(workdir, sink.port, opts.gateway_bin, opts.gateway_processes)
     raise ValueError(system)
 
 

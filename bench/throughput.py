@@ -72,7 +72,9 @@ def pick_median(runs: list[RunResult]) -> RunResult:
 
 def server_options(args: argparse.Namespace) -> ServerOptions:
     """ServerOptions from the command line."""
-    return ServerOptions(args.gateway_bin, tuple(args.postfix_set), args.haraka_nodes)
+    return ServerOptions(
+        args.gateway_bin, tuple(args.postfix_set), args.haraka_nodes, args.gateway_processes
+    )
 
 
 def read_memory(result: RunResult, server: Server) -> None:
