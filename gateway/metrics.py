@@ -7,6 +7,11 @@ stories and no SMTP code has to know about Prometheus. What the events do not ca
 chain hash) is read when Prometheus scrapes, on the HTTP server's thread.
 
 Each process builds its own registry: no global state, and tests can start several.
+With ``smtp.processes`` > 1 the values live in prometheus-client's multiprocess files
+instead (``shared_dir``: one small mmapped file per process and metric kind). Every
+process counts its own events there and the primary's endpoint sums them, so the
+metrics still tell the log's story. prometheus-client picks that mode when it is first
+imported: ``processes.share_metrics`` sets it up before this module is imported.
 """
 
 from __future__ import annotations
@@ -19,7 +24,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+    values,
+)
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
@@ -48,11 +61,24 @@ _LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
 class Metrics:
-    """The gateway's metrics; :meth:`observe` is an event-log observer."""
+    """The gateway's metrics; :meth:`observe` is an event-log observer.
 
-    def __init__(self, spool_queue: Path, log_dir: Path) -> None:
+    ``shared_dir`` (smtp.processes > 1): every process's values, summed from
+    prometheus-client's multiprocess files there."""
+
+    def __init__(self, spool_queue: Path, log_dir: Path, shared_dir: Path | None = None) -> None:
+        self.shared_dir = shared_dir
         self.registry = CollectorRegistry()
-        r = self.registry
+        if shared_dir is not None:
+            if not getattr(values.ValueClass, "_multiprocess", False):
+                raise RuntimeError(
+                    "metrics shared between processes: PROMETHEUS_MULTIPROC_DIR must be set "
+                    "before prometheus_client is imported (processes.share_metrics)"
+                )
+            multiprocess.MultiProcessCollector(self.registry, path=str(shared_dir))
+        # Shared, each value is in this process's file and the collector above reads
+        # every file: registering the metrics too would count this process twice.
+        r = None if shared_dir is not None else self.registry
         self.messages = Counter(
             "mailgate_messages",
             "Messages at the end of DATA, by outcome and listener",
@@ -71,14 +97,15 @@ class Metrics:
             registry=r,
         )
         self.sessions = Gauge(
-            "mailgate_sessions_open", "Sessions open now, by listener", ["listener"], registry=r
-        )
+            "mailgate_sessions_open", "Sessions open now, by listener", ["listener"], registry=r,
+            multiprocess_mode="livesum",  # a helper that exited has no session open
+        )  # fmt: skip
         self.auth_failures = Counter(
             "mailgate_auth_failures", "Failed logins, by listener", ["listener"], registry=r
         )
         self.events = Counter("mailgate_events", "Events written, by name", ["event"], registry=r)
-        r.register(_SpoolCollector(spool_queue))
-        r.register(_ChainCollector(log_dir))
+        self.registry.register(_SpoolCollector(spool_queue))
+        self.registry.register(_ChainCollector(log_dir))
         self._server: Any = None
 
     def observe(self, record: dict[str, Any]) -> None:
@@ -99,6 +126,11 @@ class Metrics:
             self.auth_failures.labels(listener).inc()
         elif event in _DELIVERIES and isinstance(record.get("duration_s"), int | float):
             self.delivery_seconds.labels(_DELIVERIES[event]).observe(record["duration_s"])
+
+    def process_gone(self, pid: int) -> None:
+        """An SMTP helper exited: its open sessions ended with it (its counts stay)."""
+        if self.shared_dir is not None:
+            multiprocess.mark_process_dead(pid, str(self.shared_dir))
 
     def start(self, address: ListenAddress) -> None:
         """Serve ``/metrics`` on a daemon thread (prometheus-client's own WSGI server)."""

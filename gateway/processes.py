@@ -3,7 +3,8 @@
 One event loop uses one core; DKIM signing and MIME parsing are CPU work. With
 ``processes = N`` the process ``mailgate serve`` starts (the *primary*) does everything
 it does with 1: the data_dir lock, spool recovery, the queue runner, the IMAP proxy,
-the password page, metrics. After binding its SMTP listeners (with ``reuse_port``) it
+the password page, the metrics endpoint (every process counts into files it sums:
+:func:`share_metrics`). After binding its SMTP listeners (with ``reuse_port``) it
 starts N-1 *SMTP helpers*: the same ``serve`` command with :data:`HELPER_ENV` set. A
 helper binds the same SMTP ports (the kernel spreads new connections over all of them)
 and runs the full relay, filters and signing, writing the same event log (the writer
@@ -25,8 +26,10 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,10 @@ RESTART_DELAY_SECONDS = 1.0
 MAX_RESTART_DELAY_SECONDS = 60.0
 READY_EOF_SECONDS = 1.0
 _PR_SET_PDEATHSIG = 1
+# Under data_dir: prometheus-client's multiprocess files (every process's metric values).
+METRICS_DIR_NAME = "metrics"
+# prometheus-client reads it once, when first imported.
+_METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,21 @@ def report_ready(mark: HelperMark) -> None:
         os.write(mark.ready_fd, b"r")
     with contextlib.suppress(OSError):
         os.close(mark.ready_fd)
+
+
+def share_metrics(data_dir: Path, primary: bool) -> Path | None:
+    """Where every process keeps its metric values for the primary's endpoint to sum;
+    call before ``gateway.metrics`` is imported. The primary starts it empty (it holds
+    the data_dir lock and its helpers start after this). None in a helper whose primary
+    keeps no metrics (``[metrics]`` added to the file since it started)."""
+    shared = data_dir / METRICS_DIR_NAME
+    if primary:
+        shutil.rmtree(shared, ignore_errors=True)
+        shared.mkdir(mode=0o700)
+    elif not shared.is_dir():
+        return None
+    os.environ[_METRICS_ENV] = str(shared)
+    return shared
 
 
 # -- limits kept in memory ------------------------------------------------------------------
@@ -168,12 +190,18 @@ class SmtpHelpers:
     """Keeps ``count`` SMTP helper processes running until :meth:`terminate`."""
 
     def __init__(
-        self, config_path: Path, count: int, events: EventLog, inherit_fds: tuple[int, ...] = ()
+        self,
+        config_path: Path,
+        count: int,
+        events: EventLog,
+        inherit_fds: tuple[int, ...] = (),
+        exited: Callable[[int], None] | None = None,
     ) -> None:
         self.config_path = config_path
         self.count = count
         self.events = events
         self.inherit_fds = inherit_fds
+        self.exited = exited  # told each helper's PID once it is gone (metrics)
         self._running: dict[int, asyncio.subprocess.Process] = {}  # slot -> process
         self._ready: set[int] = set()  # PIDs whose signal handlers are in place
         self._hangup_pending: set[int] = set()  # PIDs to get SIGHUP once ready
@@ -211,6 +239,8 @@ class SmtpHelpers:
                 del self._running[slot]
                 self._ready.discard(process.pid)
                 self._hangup_pending.discard(process.pid)
+                if self.exited is not None:
+                    self.exited(process.pid)
                 if self._stopping.is_set():
                     return
                 why = f"SMTP helper PID {process.pid} exited ({_status(code)}); starting another"

@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.auth import Authenticator, hash_workers
 from gateway.auth_throttle import LoginThrottle
@@ -31,7 +31,14 @@ from gateway.imap.server import ImapProxy
 from gateway.mime.model import Inspection, Scan
 from gateway.mime.pool import Inspector
 from gateway.pipeline import EnabledFilter
-from gateway.processes import HelperMark, SmtpHelpers, helper_mark, per_process, report_ready
+from gateway.processes import (
+    HelperMark,
+    SmtpHelpers,
+    helper_mark,
+    per_process,
+    report_ready,
+    share_metrics,
+)
 from gateway.queue import QueueRunner
 from gateway.relay import Relay, RelaySettings
 from gateway.signing.certs import load_certificates, load_crls
@@ -49,6 +56,9 @@ from gateway.smtp.tls_accept import ImplicitTLSAcceptor
 from gateway.spool import Body, Spool, tag_queue_ids_with_pid
 from gateway.tls import server_context
 from gateway.web.server import PasswordPage
+
+if TYPE_CHECKING:  # imported when serve starts: see processes.share_metrics
+    from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway")
 # require_tls_for_auth = false is an explicit operator choice (loopback tests); aiosmtpd
@@ -159,6 +169,8 @@ class Runtime:
         self.directory.hasher = self.authenticator.hasher  # new and reset passwords alike
         self.inspector = Inspector()  # the one MIME parse, on threads and worker processes
         self.keys = KeyStore(config.gateway.data_dir)
+        # The primary's /metrics (``_start_observers``); imported late on purpose.
+        self.metrics: Metrics | None = None
         self.keys.gpg_timeout = config.signing.gpg_timeout
         self.relay = Relay(
             config.gateway.hostname,
@@ -394,18 +406,25 @@ def _start_observers(runtime: Runtime, config: Config, primary: bool) -> list[An
     """Metrics and the syslog copy of events, fed by the event log; returns their closers.
 
     Both are fixed at start (a change of ``[metrics]`` or ``log.syslog`` needs a restart).
-    Metrics run in the primary only (one port; an SMTP helper's sessions are not in
-    them); the syslog copy in every process, since each writes its own events.
+    Every process counts its own events; with smtp.processes > 1 into files the
+    primary's endpoint sums (``processes.share_metrics``). The syslog copy runs in every
+    process too, since each writes its own events.
     """
     closers: list[Any] = []
-    if config.metrics is not None and primary:
-        from gateway.metrics import Metrics
+    if config.metrics is not None:
+        shared = None
+        if runtime.processes > 1:
+            shared = share_metrics(config.gateway.data_dir, primary)
+        if primary or shared is not None:
+            from gateway.metrics import Metrics
 
-        metrics = Metrics(runtime.spool.queue, config.log.dir)
-        metrics.start(config.metrics.listen)
-        runtime.events.observers.append(metrics.observe)
-        closers.append(metrics.close)
-        log.info("metrics.listen on %s", config.metrics.listen)
+            metrics = Metrics(runtime.spool.queue, config.log.dir, shared)
+            if primary:
+                metrics.start(config.metrics.listen)
+                runtime.metrics = metrics
+                log.info("metrics.listen on %s", config.metrics.listen)
+            runtime.events.observers.append(metrics.observe)
+            closers.append(metrics.close)
     if config.log.syslog is not None and config.log.syslog_events:
         from gateway.events.forward import SyslogForwarder
 
@@ -472,7 +491,10 @@ async def serve(
             log.info("%s listening", await password_page.start())
         if runtime.processes > 1:
             inherit = (lock_fd,) if lock_fd is not None else ()
-            helpers = SmtpHelpers(config.path, runtime.processes - 1, runtime.events, inherit)
+            gone = runtime.metrics.process_gone if runtime.metrics is not None else None
+            helpers = SmtpHelpers(
+                config.path, runtime.processes - 1, runtime.events, inherit, exited=gone
+            )
         runtime.events.emit(
             "gateway_start",
             reason=f"listening on {', '.join(str(a) for _, a in listeners(config))}",

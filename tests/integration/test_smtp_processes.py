@@ -16,7 +16,15 @@ from email.message import EmailMessage
 import psutil
 import pytest
 
-from tests.integration.harness import Gateway, RawClient, Sink
+from tests.integration.harness import (
+    Gateway,
+    RawClient,
+    Sink,
+    free_port,
+    render_toml,
+    wait_for_port,
+)
+from tests.integration.test_metrics import scrape, wait_until
 
 CONNECTIONS = 20
 MESSAGES_PER_CONNECTION = 3
@@ -34,9 +42,16 @@ def _no_helper_left_behind() -> Iterator[None]:
             helper.kill()
 
 
-def start_two(make_gateway: Callable[..., Gateway], sink: Sink) -> Gateway:
+def start_two(
+    make_gateway: Callable[..., Gateway], sink: Sink, metrics_port: int | None = None
+) -> Gateway:
     """A gateway with smtp.processes = 2, returned once its helper is serving too."""
-    gateway = make_gateway(sink.url, sink.url, smtp_extra={"processes": 2}).start()
+    gateway = make_gateway(sink.url, sink.url, smtp_extra={"processes": 2})
+    if metrics_port is not None:
+        sections = gateway.sections()
+        sections["metrics"] = {"listen": f"127.0.0.1:{metrics_port}"}
+        gateway.write_config(render_toml(sections))
+    gateway.start()
     wait_helpers(gateway, starts=1)
     return gateway
 
@@ -99,6 +114,42 @@ def test_two_processes_share_the_inbound_listener_and_deliver_each_message_once(
     queue_ids = [e["queue_id"] for e in gateway.events("message_accepted")]
     assert len(queue_ids) == total == len(set(queue_ids))
     assert {len(q) for q in queue_ids} == {27}, "each process's ids carry its PID"
+
+
+def test_metrics_sum_every_process(make_gateway: Callable[..., Gateway], sink: Sink) -> None:
+    """/metrics is the primary's, but counts the helper's sessions and messages too; a
+    helper that dies takes its open sessions off the gauge and leaves its counts."""
+    port = free_port()
+    gateway = start_two(make_gateway, sink, metrics_port=port)
+    wait_for_port(port, process=gateway.process)
+    sessions = ("mailgate_sessions_open", (("listener", "inbound"),))
+    accepted = ("mailgate_messages_total", (("listener", "inbound"), ("outcome", "accepted")))
+    clients = [
+        smtplib.SMTP("127.0.0.1", gateway.inbound_port, timeout=30) for _ in range(CONNECTIONS)
+    ]
+    try:
+        assert len(serving_pids(gateway, gateway.inbound_port)) == 2, "one process served all"
+        wait_until(lambda: scrape(port).get(sessions) == CONNECTIONS)
+        for number, client in enumerate(clients):
+            client.sendmail("a@other.org", ["bob@example.gov.vn"], note(number))
+        gateway.wait_events("delivered", CONNECTIONS)
+        wait_until(lambda: scrape(port).get(accepted) == CONNECTIONS)
+        [helper] = helpers(gateway)
+        held = sum(
+            1
+            for c in helper.net_connections(kind="tcp")
+            if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == gateway.inbound_port
+        )
+        assert 0 < held < CONNECTIONS
+        helper.kill()
+        helper.wait(10)
+        wait_until(lambda: scrape(port).get(sessions) == CONNECTIONS - held)
+        assert scrape(port)[accepted] == CONNECTIONS, "a dead helper's messages still count"
+    finally:
+        for client in clients:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                client.quit()
+    wait_until(lambda: scrape(port).get(sessions) == 0)
 
 
 def attachment(size: int) -> bytes:
