@@ -33,6 +33,7 @@ the kind of marker and where it was found.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -132,6 +133,7 @@ _PREPARE = {
 }
 
 
+_ASCII_PREPARED = "".join(chr(c) for c in _PREPARE if c < 128)  # "\r", "\x0b", "\x0c"
 _NEEDS_PREPARING = re.compile("[" + re.escape("".join(map(chr, _PREPARE))) + "]")
 
 
@@ -140,9 +142,12 @@ def _prepare(text: str) -> str:
     office file's text is the usual input: translate only when there is something to
     translate (a C-speed search first; translate with a table is ~50 ns a character).
     ``normalize`` returns NFC text as it is, after the same quick check that
-    ``is_normalized`` makes, in less time (1.5 against 2.4 ms for 2 M characters)."""
+    ``is_normalized`` makes, in less time (1.5 against 2.4 ms for 2 M characters).
+    ASCII text is NFC already and can hold only a few of the characters to translate."""
     if "\r" in text:
         text = text.replace("\r\n", "\n")
+    if text.isascii():
+        return text.translate(_PREPARE) if any(c in text for c in _ASCII_PREPARED) else text
     if _NEEDS_PREPARING.search(text):
         text = text.translate(_PREPARE)
     return unicodedata.normalize("NFC", text)
@@ -186,6 +191,9 @@ class _Rules:
     # Any line that can hold a stamp holds the last word of some level form: finding
     # those words first (C speed) spares the stamp rules all the other lines.
     candidates: re.Pattern[str]
+    # The same words as an ASCII text can hold them, lower case: for ASCII text (most
+    # header fields, much mail) ``lower()`` and substring tests, ~20x the regex's speed.
+    ascii_candidates: tuple[str, ...]
     stamp: re.Pattern[str] | None
     subject: re.Pattern[str] | None
     filename: re.Pattern[str] | None
@@ -331,6 +339,7 @@ def _rules(cfg: Config) -> _Rules:
     return _Rules(
         forms={f.text.casefold(): f.level for f in forms},
         candidates=re.compile("|".join(map(re.escape, last_words)), re.IGNORECASE),
+        ascii_candidates=tuple(v for word in last_words for v in _ascii_forms(word)),
         stamp=_combine(cfg.stamp_lines, "stamp", cfg, forms),
         subject=_combine(cfg.subject_tags, "subject", cfg, forms),
         filename=_combine(cfg.filename_patterns, "filename", cfg, forms),
@@ -339,7 +348,30 @@ def _rules(cfg: Config) -> _Rules:
     )
 
 
+def _ascii_forms(word: str) -> list[str]:
+    """Every lower-case ASCII string that ``word`` matches under ``re.IGNORECASE``
+    (none if a letter of it matches no ASCII character). Asked of the regex engine
+    itself, letter by letter, so its Unicode equivalences (``ſ`` is an ``s``, the Kelvin
+    sign a ``k``) hold here too."""
+    choices = []
+    for char in word:
+        pattern = re.compile(re.escape(char), re.IGNORECASE)
+        matched = sorted({chr(a).lower() for a in range(128) if pattern.fullmatch(chr(a))})
+        if not matched:
+            return []
+        choices.append(matched)
+    return ["".join(letters) for letters in itertools.product(*choices)]
+
+
 # --- matching ------------------------------------------------------------------------
+
+
+def _has_candidate(text: str, rules: _Rules) -> bool:
+    """Whether ``text`` holds the last word of some level (``rules.candidates``)."""
+    if text.isascii():
+        lowered = text.lower()
+        return any(word in lowered for word in rules.ascii_candidates)
+    return rules.candidates.search(text) is not None
 
 
 def _level_of(match: re.Match[str], rules: _Rules) -> str:
@@ -366,7 +398,7 @@ def _header_value(source: TextSource, text: str, fields: frozenset[str]) -> str 
 
 def _find_in(source: TextSource, rules: _Rules) -> Finding | None:
     text = _prepare(source.text)
-    if not rules.candidates.search(text):
+    if not _has_candidate(text, rules):
         return None  # every rule needs a level's last word: most texts have none
     if source.kind == "header":
         value = _header_value(source, text, rules.header_fields)

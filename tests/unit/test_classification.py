@@ -532,3 +532,37 @@ def test_long_texts_try_only_candidate_lines_and_agree_with_the_full_search() ->
             assert (fast is None) == (full is None), (line, where)
             if full is not None:
                 assert fast is not None and fast.group(0) == full.group(0)
+
+
+# --- the ASCII fast path ---------------------------------------------------------------
+
+
+def test_the_ascii_candidate_search_finds_whatever_the_regex_finds() -> None:
+    """``_has_candidate`` answers ASCII text with ``lower()`` and substring tests: it may
+    say yes more often than the case-insensitive regex, never less, and for the default
+    levels exactly as often."""
+    import random
+
+    rules = classification._rules(CFG)
+    draw = random.Random(7)
+    for _ in range(3000):
+        text = "".join(draw.choice("mMaAtT \r\n\x0b-x") for _ in range(draw.randint(0, 12)))
+        prepared = classification._prepare(text)
+        expected = rules.candidates.search(prepared) is not None
+        assert classification._has_candidate(prepared, rules) == expected, repr(text)
+
+
+def test_levels_spelt_with_unicode_equivalents_of_ascii_letters_still_match_ascii() -> None:
+    # re.IGNORECASE takes the long s for an s and the Kelvin sign for a k.
+    cfg = Config(levels=("\u212aIN \u017fEC",))
+    assert classification._rules(cfg).ascii_candidates == ("sec",)
+    assert level(body("KIN SEC"), cfg=cfg) == "KIN \u017fEC"  # NFC: the Kelvin sign is a K
+    assert level(body("kin sec"), cfg=cfg) == "KIN \u017fEC"
+    assert level(body("kin sac"), cfg=cfg) is None
+
+
+def test_ascii_text_is_prepared_as_before() -> None:
+    for text in ("a\r\nb\rc\x0bd\x0ce", "one\rtwo", "x\x0cy", "plain", "", "tab\tend\r\n"):
+        assert classification._prepare(text) == unicodedata.normalize(
+            "NFC", text.replace("\r\n", "\n").translate(classification._PREPARE)
+        )
