@@ -135,3 +135,18 @@ def test_a_failing_write_is_counted_never_raised(
     events.close()
     lines = "".join(p.read_text() for p in tmp_path.glob("events-*.jsonl")).splitlines()
     assert [json.loads(line)["event"] for line in lines] == ["delivered"]
+
+
+def test_timestamps_are_utc_with_microseconds_and_a_z_whatever_the_clock_zone() -> None:
+    from datetime import timedelta, timezone
+
+    from gateway.events.writer import rfc3339
+
+    hanoi = timezone(timedelta(hours=7))
+    assert rfc3339(datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=UTC)) == (
+        "2026-11-25T12:00:00.123456Z"
+    )
+    assert rfc3339(datetime(2026, 11, 25, 12, 0, tzinfo=UTC)) == "2026-11-25T12:00:00.000000Z"
+    assert rfc3339(datetime(2026, 11, 26, 6, 30, 0, 7, tzinfo=hanoi)) == (
+        "2026-11-25T23:30:00.000007Z"
+    )
