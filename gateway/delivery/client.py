@@ -22,6 +22,8 @@ from gateway.spool import Body
 log = logging.getLogger(__name__)
 
 _DEFAULT_STATUS = {2: "2.0.0", 4: "4.0.0", 5: "5.0.0"}
+# A body's last chunk shorter than this goes out in one write with the final dot.
+_JOIN_BELOW = 64 * 1024
 
 
 class NextHopError(Exception):
@@ -370,13 +372,19 @@ class Connection:
         return per_command
 
     async def _stream(self, body: Body) -> None:
-        """Write the body from memory or disk, dot-stuffed, then the terminating dot."""
-        ends_with_newline = True
+        """Write the body from memory or disk, dot-stuffed, then the terminating dot: with
+        the last chunk when that is small (one write and one segment for most mail)."""
+        last = b""
         for chunk in body.line_chunks():
             self._extend()
-            await self._send(dot_stuff(chunk))
-            ends_with_newline = chunk.endswith(b"\r\n")
-        await self._send(b".\r\n" if ends_with_newline else b"\r\n.\r\n")
+            if last:
+                await self._send(last)
+            last = dot_stuff(chunk)
+        end = b".\r\n" if not last or last.endswith(b"\r\n") else b"\r\n.\r\n"
+        if len(last) >= _JOIN_BELOW:  # a copy would cost more than a second write
+            await self._send(last)
+            last = b""
+        await self._send(last + end)
 
     def usable(self, max_idle: float) -> bool:
         return (

@@ -450,6 +450,42 @@ async def test_body_without_final_line_end_gets_one(server: FakeServer) -> None:
     assert server.transactions[0].data == b"Subject: x\r\n\r\n..no newline\r\n"
 
 
+@pytest.mark.parametrize("size", [10, 64 * 1024 - 40, 64 * 1024 + 7, 300 * 1024])
+@pytest.mark.parametrize("final_crlf", [True, False])
+async def test_bodies_around_the_join_size_end_with_one_dot_line(
+    server: FakeServer, size: int, final_crlf: bool
+) -> None:
+    """Below 64 KiB the last chunk and the final dot go in one write, above it in two:
+    the same bytes either way."""
+    line = b".dot line that needs stuffing\r\n"
+    data = b"Subject: big\r\n\r\n" + line * (size // len(line))
+    if not final_crlf:
+        data += b".tail"
+    pool = pool_for(server)
+    await pool.send(SENDER, ["a@o.vn"], Body.from_bytes(data))
+    await pool.close()
+    (transaction,) = server.transactions
+    assert transaction.data is not None
+    assert unstuff(transaction.data) == (data if final_crlf else data + b"\r\n")
+
+
+async def test_a_small_body_and_its_final_dot_are_one_write(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[bytes] = []
+    original = Connection._send
+
+    async def counting(self: Connection, data: bytes) -> None:
+        writes.append(data)
+        await original(self, data)
+
+    monkeypatch.setattr(Connection, "_send", counting)
+    pool = pool_for(server)
+    await pool.send(SENDER, ["a@o.vn"], Body.from_bytes(MESSAGE))
+    await pool.close()
+    assert writes[-1].endswith(b"\r\n.\r\n") and unstuff(writes[-1][:-3]) == MESSAGE
+
+
 async def test_pool_reuses_one_connection(server: FakeServer) -> None:
     pool = pool_for(server)
     first = await pool.send(SENDER, ["a@o.vn"], Body.from_bytes(MESSAGE))
