@@ -81,6 +81,7 @@ class KeyStore:
         self._keyring_text = str(self.keyring_home)
         self._lock = threading.Lock()
         self._dkim_cache: dict[Path, tuple[tuple[int, int], DkimKey]] = {}
+        self._dkim_paths: dict[tuple[str, str], Path] = {}  # (domain, selector) as given
         self._smime_cache: dict[str, tuple[tuple[int, int], Bundle]] = {}
         self._keyring: Keyring | None = None
         self.gpg_timeout = 10.0
@@ -117,13 +118,19 @@ class KeyStore:
         return DkimKey(path.parent.name, path.stem, key)
 
     def dkim_key(self, domain: str, selector: str) -> DkimKey | None:
-        """The stored key, or None; KeyStoreError when it exists but cannot be used."""
+        """The stored key, or None; KeyStoreError when it exists but cannot be used.
+        Asked once per signed message: the path is remembered, the file's stat decides
+        whether the key read before still stands."""
+        path = self._dkim_paths.get((domain, selector))
+        if path is None:
+            try:
+                path = self.dkim_path(domain, selector)
+            except KeyStoreError:
+                return None
+            if len(self._dkim_paths) < 1024:  # domains and selectors come from the config
+                self._dkim_paths[(domain, selector)] = path
         try:
-            path = self.dkim_path(domain, selector)
-        except KeyStoreError:
-            return None
-        try:
-            stat = path.stat()
+            stat = os.stat(path)
         except FileNotFoundError:
             return None
         except OSError as exc:

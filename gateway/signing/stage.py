@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -375,11 +376,23 @@ def _cheap_to_sign(the_plan: protect.Plan) -> bool:
     return not isinstance(key, rsa.RSAPrivateKey) or key.key_size <= 2048
 
 
+# ``Name <local@domain>`` or ``local@domain``, with no quotes, comments, groups, lists,
+# routes or escapes: what most mail carries, and what the email package's address parser
+# (a Python step per character) reads the same way. Anything else goes to that parser.
+_PLAIN_ADDRESS = r"[^\s\"(),:;<>@\[\]\\]+@[^\s\"(),:;<>@\[\]\\]+"
+_PLAIN_FROM = re.compile(
+    r"[ \t]*(?:[^\"(),:;<>@\[\]\\]*<(" + _PLAIN_ADDRESS + r")>|(" + _PLAIN_ADDRESS + r"))[ \t]*"
+)
+
+
 def from_address(headers: bytes) -> str | None:
     """The (first) From address, lower case."""
     value = first_header(headers, b"from")
     if value is None:
         return None
+    plain = _PLAIN_FROM.fullmatch(value)
+    if plain is not None:
+        return (plain.group(1) or plain.group(2)).lower()
     addresses = [a for _, a in email.utils.getaddresses([value]) if "@" in a]
     return addresses[0].strip("<>").lower() if addresses else None
 

@@ -197,3 +197,34 @@ def test_cut_parses_only_the_header_section_of_crlf_mail(monkeypatch: pytest.Mon
     assert seen == [head + b"\r\n\r\n"] and body == rest
     dkim._cut(MESSAGE.replace(b"\r\n", b"\n", 1))  # a bare LF: dkimpy's own parse, whole
     assert len(seen[-1]) == len(MESSAGE) - 1
+
+
+def test_a_plain_from_is_read_as_the_email_package_reads_it() -> None:
+    """``from_address`` reads ``Name <a@b>`` and ``a@b`` itself and leaves every other
+    shape to ``email.utils.getaddresses``: on generated plain shapes both agree."""
+    import email.utils
+    import random
+
+    from gateway.signing import stage
+
+    def by_the_email_package(value: str) -> str | None:
+        found = [a for _, a in email.utils.getaddresses([value]) if "@" in a]
+        return found[0].strip("<>").lower() if found else None
+
+    draw = random.Random(11)
+    local = [*"abcXYZ09.-_+!#$%&'*/=?^`{|}~", "ễ", "đ"]
+    name = [*"abc XYZ.", "Văn", "'", "!", "=?utf-8?q?x?=", "ễ", '"', "(", ","]
+    read_fast = 0
+    for _ in range(5000):
+        part = ["".join(draw.choice(local) for _ in range(draw.randint(1, 6))) for _ in "ld"]
+        shown = "".join(draw.choice(name) for _ in range(draw.randint(0, 4)))
+        value = draw.choice(
+            [f"{shown} <{part[0]}@{part[1]}>", f"{part[0]}@{part[1]}", f" {part[0]}@{part[1]} "]
+        )
+        read_fast += stage._PLAIN_FROM.fullmatch(value) is not None
+        headers = f"Subject: s\r\nFrom: {value}\r\n\r\n".encode()
+        assert stage.from_address(headers) == by_the_email_package(value), value
+    assert read_fast > 2500  # the fast path was taken, not only the parser
+    folded = b"From: =?utf-8?b?Tmfhu4VuIFbEg24gQQ==?=\r\n <NVA@Bo.Gov.VN>\r\n\r\n"
+    assert stage.from_domain(folded) == "bo.gov.vn"
+    assert stage.from_address(b'From: "Doe, J" <j@d.vn>, k@e.vn\r\n\r\n') == "j@d.vn"
