@@ -30,6 +30,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,7 +40,14 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable as a
 from bench.common import BENCH_DIR, SENDER, log, percentile
 from bench.load import drive
 from bench.messages import probe_message
-from bench.systems import Sink, gateway_command, gateway_config, make_gateway, wait_listening
+from bench.systems import (
+    Sink,
+    gateway_command,
+    gateway_config,
+    make_gateway,
+    wait_listening,
+    watching_split,
+)
 
 PASSWORD = "Bench-Sign-2026!"
 DEFAULT_JSON = BENCH_DIR / "results" / "signing.json"
@@ -57,6 +65,7 @@ class Line:
     p99_ms: float
     refused: int
     raw_per_s: float | None = None  # the primitive alone, same run
+    split: list[int] | None = None  # connections per SMTP process (smtp.processes > 1)
 
 
 def per_second(action: Callable[[], object], seconds: float = 1.5) -> float:
@@ -190,7 +199,9 @@ def run_line(name: str, workdir: Path, messages: int, connections: int, setup: l
         payload = payload or probe_message_for
         drive(submission, 1, 20, payload, 120, login=login)  # the login cache warm
         drive(submission, connections, min(200, messages), payload, 120, login=login)
-        result = drive(submission, connections, messages, payload, 600, login=login)
+        watch = watching_split(submission, server.pids()) if processes > 1 else nullcontext([])
+        with watch as split:
+            result = drive(submission, connections, messages, payload, 600, login=login)
     finally:
         server.stop()
         sink.stop()
@@ -201,6 +212,7 @@ def run_line(name: str, workdir: Path, messages: int, connections: int, setup: l
         percentile(lat, 50) if lat else 0.0,
         percentile(lat, 99) if lat else 0.0,
         result.refused,
+        split=split if processes > 1 else None,
     )
 
 
@@ -246,11 +258,13 @@ def main() -> int:
             line.raw_per_s = primitive
             lines.append(line)
     keep.cleanup()
-    print(f"\n{'line':28} {'msgs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'refused':>8} {'raw/s':>9}")
+    print(f"\n{'line':28} {'msgs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'refused':>8} {'raw/s':>9}"
+          + ("  connections per process" if args.processes > 1 else ""))  # fmt: skip
     for line in lines:
         raw_text = f"{line.raw_per_s:9,.0f}" if line.raw_per_s else f"{'':>9}"
+        split = "  " + "/".join(map(str, line.split)) if line.split else ""
         print(f"{line.name:28} {line.msgs_per_s:9,.0f} {line.p50_ms:8.1f} {line.p99_ms:8.1f}"
-              f" {line.refused:8} {raw_text}")  # fmt: skip
+              f" {line.refused:8} {raw_text}{split}")  # fmt: skip
     print(f"raw cryptography RSA-2048 sign: {raw['rsa_sign']:,.0f}/s")
     by_name = {line.name: line for line in lines}
     rsa_rate = by_name["DKIM rsa-sha256"].msgs_per_s

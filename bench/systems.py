@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -392,6 +393,45 @@ def wait_listening(port: int, processes: int, timeout: float = 30.0) -> None:
             return
         time.sleep(0.2)
     raise BenchError(f"{processes} processes were not listening on {port} in {timeout:g} s")
+
+
+def connections_per_process(port: int, pids: list[int]) -> list[int]:
+    """Established connections on local ``port`` held by each of ``pids`` and their
+    children, largest first: how the kernel spread a run's connections over a gateway's
+    SMTP processes (SO_REUSEPORT hashes each connection; a few long ones land unevenly)."""
+    counts = []
+    for proc in proc_tree(pids):
+        with contextlib.suppress(psutil.Error):
+            held = sum(
+                1
+                for c in proc.net_connections(kind="tcp")
+                if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+            )
+            if held:
+                counts.append(held)
+    return sorted(counts, reverse=True)
+
+
+@contextlib.contextmanager
+def watching_split(port: int, pids: list[int], every: float = 0.5) -> Iterator[list[int]]:
+    """While the block runs, the fullest ``connections_per_process`` seen (filled in
+    when it ends)."""
+    best: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(every):
+            found = connections_per_process(port, pids)
+            if sum(found) > sum(best):
+                best[:] = found
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield best
+    finally:
+        stop.set()
+        thread.join()
 
 
 def make_gateway(
