@@ -166,6 +166,27 @@ def test_a_torn_line_is_noted_and_the_next_writer_continues_the_chain(tmp_path: 
     assert [e["event"] for e in search(tmp_path, Query())][-1] == "gateway_start"
 
 
+@pytest.mark.parametrize("fragment_size", [10, 5_000, 70_000])
+def test_a_long_last_record_or_torn_fragment_is_read_past_the_first_4_kib(
+    tmp_path: Path, fragment_size: int
+) -> None:
+    """The tail is read 4 KiB first: a longer last record (a group's many recipients)
+    is still found whole, and a torn fragment of any length is still no link."""
+    log = EventLog(tmp_path, clock=lambda: DAY1, sync_interval=3600)
+    log.emit("delivered", recipients=[f"member{n:05d}@example.gov.vn" for n in range(400)])
+    log.close()
+    path = day_path(tmp_path, DAY1)
+    assert len(path.read_bytes()) > 10_000
+    with path.open("ab") as handle:  # a crash mid-write
+        handle.write(b'{"ts":"2026-11-24T10:00:01Z","event":"x","pad":"' + b"p" * fragment_size)
+    log = EventLog(tmp_path, clock=lambda: DAY1, sync_interval=3600)
+    log.emit("gateway_start")
+    log.close()
+    assert json.loads(lines_of(path)[-1])["seq"] == 2
+    report = verify(tmp_path)
+    assert report.intact, report.problems
+
+
 def test_files_with_only_the_contract_fields_are_unchained_not_broken(tmp_path: Path) -> None:
     path = tmp_path / event_file_name("2026-11-24")
     path.write_text('{"ts":"2026-11-24T10:00:00Z","event":"delivered","message_id":"<a@b>"}\n')
