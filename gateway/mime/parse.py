@@ -128,7 +128,8 @@ def _inspect(
 ) -> Inspection:
     walker = _Walker(limits, time.monotonic(), light)
     try:
-        message = _parse(prefix, data, path)
+        simple = _parse_simple(data) if not prefix and data is not None else None
+        message = simple or _parse(prefix, data, path)
         walker.message(message, "", 0, 0)
     except NeedsWorker:
         raise
@@ -316,6 +317,46 @@ def _parse(prefix: bytes, data: bytes | None, path: str | None) -> Message:
             while chunk := handle.read(CHUNK):
                 parser.feed(chunk)
     return parser.close()
+
+
+# A header line the feed parser takes as a field's first line (``headerRE``), less the
+# shapes it treats specially: an empty name, a Unix "From " line.
+_FIELD_START = re.compile(r"[\041-\071\073-\176]+:")
+
+
+def _parse_simple(data: bytes) -> Message | None:
+    """The tree ``_parse`` gives a small single-part message (CRLF line ends, no
+    multipart or message/* type, every header line a field or a continuation), built
+    from its header lines directly: the same ``Message``, without the feed parser's
+    Python steps per line (a third of a 5 KB message's inspection). None for anything
+    else, which the feed parser reads. Tests compare the two on generated and corpus
+    messages."""
+    end = data.find(b"\r\n\r\n")
+    if end <= 0 or len(data) - end - 4 >= REFER_FROM:
+        return None  # no header section, or a body that may hold referred base64 runs
+    section = data[:end].decode("ascii", "surrogateescape")
+    if section.count("\r") != section.count("\r\n") or "\n" in section.replace("\r\n", ""):
+        return None  # a lone CR or LF: the parser would cut lines elsewhere
+    message = _Message(_POLICY)
+    message.source = _Source(b"", data, None)
+    field: list[str] = []
+    for line in section.split("\r\n"):
+        if line[:1] in (" ", "\t"):
+            if not field:
+                return None  # a continuation first: the parser records a defect
+            field.append(line + "\r\n")
+            continue
+        if not _FIELD_START.match(line):
+            return None  # "From ", no name, no colon: the parser's own cases
+        if field:
+            message.set_raw(*_POLICY.header_source_parse(field))
+        field = [line + "\r\n"]
+    if field:
+        message.set_raw(*_POLICY.header_source_parse(field))
+    if message.get_content_maintype() in ("multipart", "message"):
+        return None
+    message.set_payload(data[end + 4 :].decode("ascii", "surrogateescape"))
+    return message
 
 
 def payload_text(part: Message) -> str | list[Message]:
