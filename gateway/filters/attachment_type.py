@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 
 from gateway.mime import sniff
 from gateway.mime.model import Inspection
@@ -133,10 +134,17 @@ def name_problem(name: str, cfg: Config, blocked: frozenset[str]) -> str | None:
     return f"blocked file type .{last}"
 
 
+@lru_cache(maxsize=8)
+def _normalised(cfg: Config) -> tuple[frozenset[str], frozenset[str]]:
+    """The blocked extensions and sniffed types as compared: once per config, not per
+    message (NFKC over the whole list cost a 5 KB message a few tens of microseconds)."""
+    blocked = frozenset(_ext(e) for e in cfg.extensions)
+    return blocked, frozenset(t.strip().lower() for t in cfg.sniffed_types)
+
+
 def find(inspection: Inspection, cfg: Config) -> str | None:
     """The first refusal reason for a message, ``"{why}: {filename}"``, or None."""
-    blocked = frozenset(_ext(e) for e in cfg.extensions)
-    types = frozenset(t.strip().lower() for t in cfg.sniffed_types)
+    blocked, types = _normalised(cfg)
     for part in inspection.parts:
         name = part.filename
         if name:

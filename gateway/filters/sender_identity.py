@@ -8,9 +8,8 @@ MIC 12.3). Inbound mail is not touched: other domains vouch for their own sender
 from __future__ import annotations
 
 from dataclasses import dataclass
-from email.utils import getaddresses
 
-from gateway.pipeline import MessageContext, Verdict, header_values, register
+from gateway.pipeline import MessageContext, Verdict, addresses_in, header_values, register
 from gateway.smtp import replies
 
 
@@ -25,8 +24,7 @@ async def check(ctx: MessageContext, cfg: Config) -> Verdict:
         return Verdict.accept()
     # The raw fields, not ``ctx.headers``: the email parser's address classes cost a
     # tenth of the submission path, and only the addresses matter here.
-    values = header_values(ctx.body.headers, b"from")
-    addresses = [address.lower() for _, address in getaddresses(values)]
+    addresses = addresses_in(header_values(ctx.body.headers, b"from"))
     if not addresses or any(not a for a in addresses):
         return Verdict.reject(
             replies.SENDER_NOT_ALLOWED, "sender_identity", "missing or unreadable From: header"

@@ -17,16 +17,14 @@ serve a 5xx. A DNS lookup that fails during verification is ``dkim=temperror``, 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.pipeline import MessageContext, Verdict, first_header
+from gateway.pipeline import MessageContext, Verdict, addresses_in, first_header
 from gateway.signing import dkim, protect, results, smime
 from gateway.signing.keys import KeyStore, KeyStoreError
 from gateway.smtp import replies
@@ -376,25 +374,13 @@ def _cheap_to_sign(the_plan: protect.Plan) -> bool:
     return not isinstance(key, rsa.RSAPrivateKey) or key.key_size <= 2048
 
 
-# ``Name <local@domain>`` or ``local@domain``, with no quotes, comments, groups, lists,
-# routes or escapes: what most mail carries, and what the email package's address parser
-# (a Python step per character) reads the same way. Anything else goes to that parser.
-_PLAIN_ADDRESS = r"[^\s\"(),:;<>@\[\]\\]+@[^\s\"(),:;<>@\[\]\\]+"
-_PLAIN_FROM = re.compile(
-    r"[ \t]*(?:[^\"(),:;<>@\[\]\\]*<(" + _PLAIN_ADDRESS + r")>|(" + _PLAIN_ADDRESS + r"))[ \t]*"
-)
-
-
 def from_address(headers: bytes) -> str | None:
     """The (first) From address, lower case."""
     value = first_header(headers, b"from")
     if value is None:
         return None
-    plain = _PLAIN_FROM.fullmatch(value)
-    if plain is not None:
-        return (plain.group(1) or plain.group(2)).lower()
-    addresses = [a for _, a in email.utils.getaddresses([value]) if "@" in a]
-    return addresses[0].strip("<>").lower() if addresses else None
+    addresses = [a for a in addresses_in([value]) if "@" in a]
+    return addresses[0].strip("<>") if addresses else None
 
 
 def from_domain(headers: bytes) -> str | None:
