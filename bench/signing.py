@@ -45,7 +45,6 @@ from bench.systems import (
     gateway_command,
     gateway_config,
     make_gateway,
-    wait_listening,
     watching_split,
 )
 
@@ -193,8 +192,7 @@ def run_line(name: str, workdir: Path, messages: int, connections: int, setup: l
     listen = tomllib.loads(config.read_text(encoding="utf-8"))["smtp"]["submission_listen"]
     submission = int(listen.rsplit(":", 1)[1])
     try:
-        server.start()
-        wait_listening(submission, processes)
+        server.start()  # with its helpers, when processes > 1
         login = (SENDER, PASSWORD)
         payload = payload or probe_message_for
         drive(submission, 1, 20, payload, 120, login=login)  # the login cache warm

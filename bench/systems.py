@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,10 +147,10 @@ class ProcessServer(Server):
         port: int,
         workdir: Path,
         ready_timeout: float = 30,
-        listeners: int = 1,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self.name = name
-        self.listeners = listeners
+        self.ready = ready  # a further condition after the greeting, e.g. helpers started
         self.cmd = cmd
         self.port = port
         self.log_path = workdir / f"{name}.out"
@@ -176,7 +176,11 @@ class ProcessServer(Server):
             lambda: self.proc is not None and self.proc.poll() is None,
             what=self.name,
         )
-        wait_listening(self.port, self.listeners, self.ready_timeout)
+        deadline = time.monotonic() + self.ready_timeout
+        while self.ready is not None and not self.ready():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise BenchError(f"{self.name} did not get ready in {self.ready_timeout:g} s")
+            time.sleep(0.1)
 
     def pids(self) -> list[int]:
         """The subprocess pid (its helpers are its children: ``proc_tree`` finds them)."""
@@ -376,29 +380,21 @@ def gateway_command(override: str | None = None) -> list[str]:
     return [sys.executable, "-m", "gateway.cli"]
 
 
-def wait_listening(port: int, processes: int, timeout: float = 30.0) -> None:
-    """Until ``processes`` processes listen on ``port``: a gateway's primary greets at once,
-    its SMTP helpers (``smtp.processes``) bind a moment later, and connections made before
-    then all go to the primary."""
-    if processes <= 1:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        owners = {
-            c.pid
-            for c in psutil.net_connections(kind="tcp")
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-        }
-        if len(owners) >= processes:
-            return
-        time.sleep(0.2)
-    raise BenchError(f"{processes} processes were not listening on {port} in {timeout:g} s")
+def helpers_started(log_dir: Path) -> int:
+    """How many SMTP helpers (``smtp.processes``) said ``gateway_start`` in the event log:
+    until they have, every connection goes to the primary."""
+    count = 0
+    for day in log_dir.glob("events-*.jsonl"):
+        with contextlib.suppress(OSError):
+            for line in day.read_text(encoding="utf-8", errors="replace").splitlines():
+                count += '"event":"gateway_start"' in line and "SMTP helper" in line
+    return count
 
 
 def connections_per_process(port: int, pids: list[int]) -> list[int]:
     """Established connections on local ``port`` held by each of ``pids`` and their
     children, largest first: how the kernel spread a run's connections over a gateway's
-    SMTP processes (SO_REUSEPORT hashes each connection; a few long ones land unevenly)."""
+    SMTP processes (they share one listening socket and balance by load)."""
     counts = []
     for proc in proc_tree(pids):
         with contextlib.suppress(psutil.Error):
@@ -471,7 +467,9 @@ dir = "{base / "log"}"
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     cmd = [*gateway_command(binary), "-c", str(cfg_path), "serve"]
-    return ProcessServer("gateway", cmd, inbound, workdir, ready_timeout=60, listeners=processes)
+    log_dir = base / "log"
+    ready = (lambda: helpers_started(log_dir) >= processes - 1) if processes > 1 else None
+    return ProcessServer("gateway", cmd, inbound, workdir, ready_timeout=60, ready=ready)
 
 
 def gateway_config(server: ProcessServer) -> Path:

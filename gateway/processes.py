@@ -1,16 +1,16 @@
-"""``smtp.processes``: more than one process serving the SMTP listeners (SO_REUSEPORT).
+"""``smtp.processes``: more than one process serving the SMTP listeners.
 
 One event loop uses one core; DKIM signing and MIME parsing are CPU work. With
 ``processes = N`` the process ``mailgate serve`` starts (the *primary*) does everything
 it does with 1: the data_dir lock, spool recovery, the queue runner, the IMAP proxy,
 the password page, the metrics endpoint (every process counts into files it sums:
-:func:`share_metrics`). After binding its SMTP listeners (with ``reuse_port``) it
-starts N-1 *SMTP helpers*: the same ``serve`` command with :data:`HELPER_ENV` set. A
-helper binds the same SMTP ports (the kernel spreads new connections over all of them)
-and runs the full relay, filters and signing, writing the same event log (the writer
-chains across processes) and the same spool; it never recovers the spool (that would
-delete the other processes' messages in progress) and never runs the queue (the
-primary's runner picks up what a helper deferred).
+:func:`share_metrics`). It binds each SMTP port once and starts N-1 *SMTP helpers*: the
+same ``serve`` command with :data:`HELPER_ENV` set, inheriting the listening sockets and
+the connection board (gateway/smtp/balance.py: every process accepts from the same
+socket, the least loaded first). A helper runs the full relay, filters and signing,
+writing the same event log (the writer chains across processes) and the same spool; it
+never recovers the spool (that would delete the other processes' messages in progress)
+and never runs the queue (the primary's runner picks up what a helper deferred).
 
 Lifecycle: a helper gets SIGTERM when the primary dies (``PR_SET_PDEATHSIG``); the
 primary forwards SIGHUP (each process reloads its own config), stops the helpers on
@@ -36,10 +36,13 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.events.writer import EventLog
+from gateway.smtp.balance import ABSENT, Board
 
 log = logging.getLogger("gateway")
 
-# Internal, not a CLI option: "PRIMARY_PID,READY_FD,PROCESSES" in a helper's environment.
+# Internal, not a CLI option, in a helper's environment:
+# "PRIMARY_PID,READY_FD,PROCESSES,BOARD_FD,SLOT,KEY=FD;KEY=FD" (the last: the SMTP
+# listening sockets by listener key, shared with the primary: gateway/smtp/balance.py).
 HELPER_ENV = "MAILGATE_SMTP_HELPER"
 RESTART_DELAY_SECONDS = 1.0
 MAX_RESTART_DELAY_SECONDS = 60.0
@@ -54,24 +57,39 @@ _METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 @dataclass(frozen=True, slots=True)
 class HelperMark:
     """What a helper is told by its primary: the primary's PID, the descriptor on which
-    it says "ready" once SIGHUP and SIGTERM are handled (:func:`report_ready`), and the
-    number of processes running (the config file may say otherwise since the start)."""
+    it says "ready" once SIGHUP and SIGTERM are handled (:func:`report_ready`), the
+    number of processes running (the config file may say otherwise since the start),
+    the connection board's descriptor and this helper's slot on it, and the listening
+    sockets it shares with the primary, by listener key."""
 
     primary: int
     ready_fd: int
     processes: int
+    board_fd: int
+    slot: int
+    sockets: dict[str, int]
+
+    def encode(self) -> str:
+        sockets = ";".join(f"{key}={fd}" for key, fd in self.sockets.items())
+        numbers = (self.primary, self.ready_fd, self.processes, self.board_fd, self.slot)
+        return ",".join(map(str, numbers)) + "," + sockets
 
 
 def helper_mark() -> HelperMark | None:
     """This process's mark when it is an SMTP helper, else None (and forget it, so
     nothing this process starts inherits it)."""
     parts = os.environ.pop(HELPER_ENV, "").split(",")
-    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+    if len(parts) != 6 or not all(part.isdigit() for part in parts[:5]):
         return None
-    primary, ready_fd, processes = map(int, parts)
-    with contextlib.suppress(OSError):  # no child of ours may hold the pipe open
-        os.set_inheritable(ready_fd, False)
-    return HelperMark(primary, ready_fd, processes)
+    sockets = dict(item.split("=", 1) for item in parts[5].split(";") if "=" in item)
+    if not all(fd.isdigit() for fd in sockets.values()):
+        return None
+    primary, ready_fd, processes, board_fd, slot = map(int, parts[:5])
+    for fd in (ready_fd, board_fd, *map(int, sockets.values())):
+        with contextlib.suppress(OSError):  # no child of ours may hold them open
+            os.set_inheritable(fd, False)
+    found = {key: int(fd) for key, fd in sockets.items()}
+    return HelperMark(primary, ready_fd, processes, board_fd, slot, found)
 
 
 def report_ready(mark: HelperMark) -> None:
@@ -196,12 +214,16 @@ class SmtpHelpers:
         events: EventLog,
         inherit_fds: tuple[int, ...] = (),
         exited: Callable[[int], None] | None = None,
+        board: Board | None = None,
+        sockets: dict[str, int] | None = None,
     ) -> None:
         self.config_path = config_path
         self.count = count
         self.events = events
         self.inherit_fds = inherit_fds
         self.exited = exited  # told each helper's PID once it is gone (metrics)
+        self.board = board  # slot k+1 is the helper of slot k (the primary's is 0)
+        self.sockets = sockets or {}  # the shared listening sockets, by listener key
         self._running: dict[int, asyncio.subprocess.Process] = {}  # slot -> process
         self._ready: set[int] = set()  # PIDs whose signal handlers are in place
         self._hangup_pending: set[int] = set()  # PIDs to get SIGHUP once ready
@@ -225,7 +247,7 @@ class SmtpHelpers:
         while not self._stopping.is_set():
             started = loop.time()
             try:
-                process, ready = await self._start()
+                process, ready = await self._start(slot)
             except Exception as exc:  # fork/exec failed: say so, try again
                 why = f"cannot start an SMTP helper: {type(exc).__name__}: {exc}"
             else:
@@ -241,6 +263,8 @@ class SmtpHelpers:
                 self._hangup_pending.discard(process.pid)
                 if self.exited is not None:
                     self.exited(process.pid)
+                if self.board is not None:
+                    self.board.set(slot + 1, ABSENT)  # no connection waits for it now
                 if self._stopping.is_set():
                     return
                 why = f"SMTP helper PID {process.pid} exited ({_status(code)}); starting another"
@@ -252,16 +276,19 @@ class SmtpHelpers:
                 await asyncio.wait_for(self._stopping.wait(), delay)
             delay = min(delay * 2, MAX_RESTART_DELAY_SECONDS)
 
-    async def _start(self) -> tuple[asyncio.subprocess.Process, int]:
+    async def _start(self, slot: int) -> tuple[asyncio.subprocess.Process, int]:
         """A new helper, and the read end of the pipe on which it reports ready."""
         primary, libc = os.getpid(), self._libc
         ready_read, ready_write = os.pipe()
+        board_fd = self.board.fd if self.board is not None else -1
+        mark = HelperMark(primary, ready_write, self.count + 1, board_fd, slot + 1, self.sockets)
+        shared = (board_fd, *self.sockets.values()) if self.board is not None else ()
         try:
             process = await asyncio.create_subprocess_exec(
                 *helper_command(self.config_path),
-                env={**os.environ, HELPER_ENV: f"{primary},{ready_write},{self.count + 1}"},
+                env={**os.environ, HELPER_ENV: mark.encode()},
                 preexec_fn=lambda: _before_exec(libc, primary),
-                pass_fds=(*self.inherit_fds, ready_write),
+                pass_fds=(*self.inherit_fds, ready_write, *shared),
             )
         except BaseException:
             os.close(ready_read)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import ssl
 import warnings
 import weakref
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.auth import Authenticator, hash_workers
 from gateway.auth_throttle import LoginThrottle
@@ -46,6 +48,7 @@ from gateway.signing.keys import KeyStore
 from gateway.signing.protect import Policy
 from gateway.signing.stage import SigningStage, StageSettings
 from gateway.smtp import replies
+from gateway.smtp.balance import BalancedAcceptor, Board
 from gateway.smtp.data import DataLimits
 from gateway.smtp.handler import SessionHandler
 from gateway.smtp.inbound import InboundHandler
@@ -434,24 +437,75 @@ def _start_observers(runtime: Runtime, config: Config, primary: bool) -> list[An
     return closers
 
 
-async def _bind_smtp(runtime: Runtime, config: Config) -> list[asyncio.AbstractServer]:
-    """The SMTP listeners; with smtp.processes > 1 every process binds the same ports
-    (SO_REUSEPORT) and the kernel spreads new connections over them."""
+LISTEN_BACKLOG = 100  # asyncio's create_server default
+
+
+class _Listening(Protocol):
+    def close(self) -> None: ...
+
+
+@dataclass
+class SmtpListeners:
+    """What serves the SMTP ports; with smtp.processes > 1 also the connection board
+    and the listening sockets the helpers share (by listener key and index)."""
+
+    servers: list[_Listening]
+    board: Board | None = None
+    sockets: dict[str, int] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+
+async def _bind_smtp(runtime: Runtime, config: Config, helper: HelperMark | None) -> SmtpListeners:
+    """The SMTP listeners. With smtp.processes > 1 the primary binds each port once and
+    every process accepts from that same socket, the least loaded first
+    (gateway/smtp/balance.py); a helper takes the sockets its primary passed it."""
     loop = asyncio.get_running_loop()
-    servers = []
     addresses = dict(listeners(config))
-    for listener in runtime.listeners():
-        address = addresses[listener.key]
-        server = await loop.create_server(
-            runtime.protocol_factory(listener),
-            address.host,
-            address.port,
-            reuse_address=True,
-            reuse_port=runtime.processes > 1,
+    by_key = {listener.key: listener for listener in runtime.listeners()}
+    if runtime.processes <= 1:
+        servers: list[_Listening] = []
+        for key, listener in by_key.items():
+            address = addresses[key]
+            server = await loop.create_server(
+                runtime.protocol_factory(listener), address.host, address.port,
+                reuse_address=True,
+            )  # fmt: skip
+            servers.append(server)
+            log.info("%s listening on %s", key, address)
+        return SmtpListeners(servers)
+    if helper is None:
+        board = Board.create(runtime.processes)
+        sockets: dict[str, int] = {}
+        for key in by_key:
+            address = addresses[key]
+            # asyncio's own binding (address families, SO_REUSEADDR), kept as duplicates.
+            bound = await loop.create_server(
+                asyncio.Protocol, address.host, address.port,
+                reuse_address=True, start_serving=False,
+            )  # fmt: skip
+            for index, transport_socket in enumerate(bound.sockets):
+                listening = socket.socket(fileno=os.dup(transport_socket.fileno()))
+                listening.listen(LISTEN_BACKLOG)  # start_serving=False bound it only
+                sockets[f"{key}/{index}"] = listening.detach()
+            bound.close()
+    else:
+        board = Board.attach(helper.board_fd, helper.processes, helper.slot)
+        sockets = dict(helper.sockets)
+    runtime.connections.on_change = board.report
+    acceptors: list[_Listening] = []
+    for name, fd in sockets.items():
+        key = name.rsplit("/", 1)[0]
+        acceptor = BalancedAcceptor(
+            socket.socket(fileno=os.dup(fd)), runtime.protocol_factory(by_key[key]), board
         )
-        servers.append(server)
-        log.info("%s listening on %s", listener.key, address)
-    return servers
+        acceptor.start()
+        acceptors.append(acceptor)
+        log.info("%s listening on %s (shared by %d processes)", key, addresses[key],
+                 runtime.processes)  # fmt: skip
+    return SmtpListeners(acceptors, board, sockets)
 
 
 async def serve(
@@ -477,7 +531,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_exception_handler)
     stale = runtime.spool.recover() if primary else 0  # a helper would delete others' mail
-    servers = await _bind_smtp(runtime, config)
+    smtp_listeners = await _bind_smtp(runtime, config, helper)
     imap: ImapProxy | None = None
     password_page: PasswordPage | None = None
     helpers: SmtpHelpers | None = None
@@ -493,8 +547,9 @@ async def serve(
             inherit = (lock_fd,) if lock_fd is not None else ()
             gone = runtime.metrics.process_gone if runtime.metrics is not None else None
             helpers = SmtpHelpers(
-                config.path, runtime.processes - 1, runtime.events, inherit, exited=gone
-            )
+                config.path, runtime.processes - 1, runtime.events, inherit, exited=gone,
+                board=smtp_listeners.board, sockets=smtp_listeners.sockets,
+            )  # fmt: skip
         runtime.events.emit(
             "gateway_start",
             reason=f"listening on {', '.join(str(a) for _, a in listeners(config))}",
@@ -537,8 +592,7 @@ async def serve(
             await stop.wait()
             if helpers is not None:
                 helpers.terminate()  # they shut down as this process does, in parallel
-            for server in servers:
-                server.close()
+            smtp_listeners.close()
             if imap is not None:
                 await imap.close()
             if password_page is not None:

@@ -34,6 +34,7 @@ import binascii
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +115,8 @@ class ConnectionLimiter:
         self.parent = parent
         self._open: Counter[str] = Counter()
         self._count = 0
+        # Told the new count at every change (smtp.processes: the balancing Board).
+        self.on_change: Callable[[int], None] | None = None
 
     @property
     def active(self) -> int:
@@ -137,6 +140,8 @@ class ConnectionLimiter:
     def _take(self, client: str) -> None:
         self._open[client] += 1
         self._count += 1
+        if self.on_change is not None:
+            self.on_change(self._count)
         if self.parent:
             self.parent._take(client)
 
@@ -145,6 +150,8 @@ class ConnectionLimiter:
         if self._open[client] <= 0:
             del self._open[client]
         self._count -= 1
+        if self.on_change is not None:
+            self.on_change(self._count)
         if self.parent:
             self.parent.release(client)
 

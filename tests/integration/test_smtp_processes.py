@@ -1,4 +1,4 @@
-"""``smtp.processes = 2``: a primary and one SMTP helper on the same ports (SO_REUSEPORT).
+"""``smtp.processes = 2``: a primary and one SMTP helper sharing the listening sockets.
 
 Real processes, found with psutil by parent PID: both serve sessions, SIGHUP reaches
 the helper, SIGTERM stops both, a killed helper is replaced and mail keeps flowing.
@@ -11,6 +11,7 @@ import signal
 import smtplib
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 
 import psutil
@@ -114,6 +115,69 @@ def test_two_processes_share_the_inbound_listener_and_deliver_each_message_once(
     queue_ids = [e["queue_id"] for e in gateway.events("message_accepted")]
     assert len(queue_ids) == total == len(set(queue_ids))
     assert {len(q) for q in queue_ids} == {27}, "each process's ids carry its PID"
+
+
+def connections_by_process(gateway: Gateway, port: int) -> list[int]:
+    """Established connections on ``port`` per serve process, largest first."""
+    assert gateway.process is not None
+    processes = [psutil.Process(gateway.process.pid), *helpers(gateway)]
+    return sorted(
+        (
+            sum(
+                1
+                for c in p.net_connections(kind="tcp")
+                if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
+            )
+            for p in processes
+        ),
+        reverse=True,
+    )
+
+
+def test_a_burst_of_long_connections_is_spread_evenly(
+    make_gateway: Callable[..., Gateway], sink: Sink
+) -> None:
+    """A kernel hash (SO_REUSEPORT) splits 20 connections 14/6 as readily as 10/10; the
+    processes share one socket and a busier one leaves the next connection to the other."""
+    gateway = start_two(make_gateway, sink)
+    with ThreadPoolExecutor(CONNECTIONS) as pool:
+        clients = list(
+            pool.map(
+                lambda _: smtplib.SMTP("127.0.0.1", gateway.inbound_port, timeout=30),
+                range(CONNECTIONS),
+            )
+        )
+    try:
+        split = connections_by_process(gateway, gateway.inbound_port)
+        assert sum(split) == CONNECTIONS and split[0] - split[1] <= 2, split
+        for number, client in enumerate(clients):  # each process serves its share
+            client.sendmail("a@other.org", ["bob@example.gov.vn"], note(number))
+    finally:
+        for client in clients:
+            client.quit()
+    gateway.wait_events("delivered", CONNECTIONS)
+
+
+def test_a_stopped_helper_does_not_hold_up_new_connections(
+    make_gateway: Callable[..., Gateway], sink: Sink
+) -> None:
+    """A helper that cannot accept (stopped, or too busy) looks idle on the board: the
+    primary leaves each connection to it for a moment only, then takes it itself."""
+    gateway = start_two(make_gateway, sink)
+    [helper] = helpers(gateway)
+    helper.suspend()
+    clients = []
+    try:
+        started = time.monotonic()
+        for _ in range(10):
+            clients.append(smtplib.SMTP("127.0.0.1", gateway.inbound_port, timeout=10))
+        assert time.monotonic() - started < 5
+        assert connections_by_process(gateway, gateway.inbound_port) == [10, 0]
+        clients[0].sendmail("a@other.org", ["bob@example.gov.vn"], note(0))
+    finally:
+        helper.resume()
+        for client in clients:
+            client.quit()
 
 
 def test_metrics_sum_every_process(make_gateway: Callable[..., Gateway], sink: Sink) -> None:
@@ -225,6 +289,15 @@ def test_a_helper_never_outlives_a_killed_primary_and_keeps_the_data_dir_locked(
         assert gateway.process is not None
         gateway.process.kill()
         gateway.process.wait()
+        # The helper still holds the shared listening sockets...
+        second = gateway.cli("serve", check=False)
+        assert second.returncode == 2 and "already in use" in second.stdout
+        # ... and on other ports, the data_dir lock.
+        sections = gateway.sections()
+        sections["smtp"].update(
+            inbound_listen=f"127.0.0.1:{free_port()}", submission_listen=f"127.0.0.1:{free_port()}"
+        )
+        gateway.write_config(render_toml(sections))
         second = gateway.cli("serve", check=False)
         assert second.returncode == 2 and "is in use by mailgate PID" in second.stdout
     finally:
