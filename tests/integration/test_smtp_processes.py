@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
+from pathlib import Path
 
 import psutil
 import pytest
@@ -22,6 +23,7 @@ from tests.integration.harness import (
     RawClient,
     Sink,
     free_port,
+    make_tls_files,
     render_toml,
     wait_for_port,
 )
@@ -178,6 +180,34 @@ def test_a_stopped_helper_does_not_hold_up_new_connections(
         helper.resume()
         for client in clients:
             client.quit()
+
+
+def test_implicit_tls_and_starttls_work_in_every_process(
+    make_gateway: Callable[..., Gateway], sink: Sink, tmp_path: Path
+) -> None:
+    import ssl
+
+    tls = make_tls_files(tmp_path)
+    gateway = make_gateway(sink.url, sink.url, smtp_extra={"processes": 2, **tls.smtp_extra()})
+    gateway.start()
+    wait_helpers(gateway, starts=1)
+    port = gateway.implicit_tls_port
+    context = ssl.create_default_context(cafile=str(tls.ca))
+    clients = []
+    try:
+        for _ in range(6):
+            client = smtplib.SMTP_SSL("127.0.0.1", port, context=context, timeout=30)
+            assert client.ehlo()[0] == 250
+            clients.append(client)
+        assert connections_by_process(gateway, port) == [3, 3]
+    finally:
+        for client in clients:
+            client.quit()
+    for number in range(4):
+        with smtplib.SMTP("127.0.0.1", gateway.inbound_port, timeout=30) as client:
+            client.starttls(context=context)
+            client.sendmail("a@other.org", ["bob@example.gov.vn"], note(number))
+    gateway.wait_events("delivered", 4)
 
 
 def test_metrics_sum_every_process(make_gateway: Callable[..., Gateway], sink: Sink) -> None:
