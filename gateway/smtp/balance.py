@@ -90,7 +90,6 @@ class BalancedAcceptor:
         sock: socket.socket,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         board: Board,
-        starting: Callable[[], int] = lambda: 0,
     ) -> None:
         self.sock = sock
         self.sock.setblocking(False)
