@@ -752,3 +752,16 @@ def rate(call, n: int) -> str:
     for _ in range(n):
         call()
     return f"{n / (time.perf_counter() - t0):.0f}/s wall, {n / (cpu() - c0):.0f}/CPU-s"
+
+
+def test_gpg_keeps_no_random_seed_file(world):
+    """Concurrent gpg processes lock the seed file in turn, and libgcrypt waits 0.25 s and
+    then 1.25 s for that lock: a message now and then took 1.5 s longer (the PGP line's
+    p99 with two SMTP processes). The kernel's getrandom() seeds every call instead."""
+    gw: Keyring = world["gw"]
+    seed = gw.home / "random_seed"
+    seed.unlink(missing_ok=True)  # an earlier test's own gpg CLI may have left one
+    partner = gw.encryption_key(PARTNER)
+    assert partner is not None
+    assert gw.encrypt(simple_8bit(), [partner], sign_with=gw.signing_key(SENDER))
+    assert not seed.exists()
