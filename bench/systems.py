@@ -393,8 +393,8 @@ def helpers_started(log_dir: Path) -> int:
 
 def connections_per_process(port: int, pids: list[int]) -> list[int]:
     """Established connections on local ``port`` held by each of ``pids`` and their
-    children, largest first: how the kernel spread a run's connections over a gateway's
-    SMTP processes (they share one listening socket and balance by load)."""
+    children, largest first: how a run's connections were spread over a gateway's SMTP
+    processes (they share one listening socket and balance by load)."""
     counts = []
     for proc in proc_tree(pids):
         with contextlib.suppress(psutil.Error):
