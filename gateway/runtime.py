@@ -381,10 +381,12 @@ class Runtime:
         path = self.config.imap.upstream_master_password_file
         return path.read_text(encoding="utf-8").strip("\r\n")
 
-    async def close(self) -> None:
+    async def close(self, primary: bool = True) -> None:
+        """``primary``: also stop the gpg-agent, which the SMTP helpers share with it (a
+        helper that exits or is replaced must not stop it under the others)."""
         await self.relay.router.close()
         self.authenticator.close()  # no argon2 thread left reading the directory
-        self.keys.close()  # the gateway's gpg-agent
+        self.keys.close(stop_agent=primary)
         self.inspector.close()
         self.directory.close()
         self.events.close()
@@ -615,7 +617,7 @@ async def serve(
         runtime.events.emit("gateway_stop")
         for close in observers:
             close()
-        await runtime.close()
+        await runtime.close(primary)
 
 
 async def _drain_sessions(runtime: Runtime, deadline: float) -> None:

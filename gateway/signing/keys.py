@@ -291,8 +291,11 @@ class KeyStore:
                 self._keyring = Keyring(self.keyring_home, timeout=self.gpg_timeout)
             return self._keyring
 
-    def close(self) -> None:
+    def close(self, stop_agent: bool = True) -> None:
+        """Forget the keyring; ``stop_agent`` also stops the gpg-agent of its home, which
+        every process of one gateway shares (an SMTP helper leaves it to the primary)."""
         with self._lock:
             if self._keyring is not None:
-                self._keyring.close()
+                if stop_agent:
+                    self._keyring.close()
                 self._keyring = None

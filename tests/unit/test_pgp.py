@@ -228,6 +228,24 @@ def test_agent_started_with_the_keyring_and_stopped_by_close(world, tmp_path):
     assert not agent_socket(gw.home).exists()
 
 
+def test_a_helpers_key_store_leaves_the_shared_agent_running(world, tmp_path):
+    """Every SMTP process of one gateway uses the same GNUPGHOME and agent: a helper that
+    exits or is replaced closes its key store without stopping the agent."""
+    from gateway.signing.keys import KeyStore
+
+    primary, helper = KeyStore(tmp_path), KeyStore(tmp_path)
+    home = primary.keyring().home
+    assert helper.keyring().home == home and agent_socket(home).is_socket()
+    helper.close(stop_agent=False)
+    time.sleep(0.5)
+    assert agent_socket(home).is_socket()
+    primary.close()
+    deadline = time.monotonic() + 10
+    while agent_socket(home).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not agent_socket(home).exists()
+
+
 def test_key_that_expires_while_listed_is_no_longer_offered(world, monkeypatch):
     gw: Keyring = world["gw"]
     partner, sender = gw.encryption_key(PARTNER), gw.signing_key(SENDER)
