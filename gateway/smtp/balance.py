@@ -2,11 +2,12 @@
 
 With SO_REUSEPORT the kernel hashes each new connection to one process's socket: a few
 long-lived connections (an MTA's connection cache, a mail client's session) land
-unevenly (16 of them split 13/3 as often as 8/8), and one process saturates a core
-while the other idles. Instead every process accepts from the same listening socket,
-one connection at a time, and a process holding more connections than another leaves
-the next one to it: it stops watching the socket for a moment and, if the connection is
-still waiting after that (the other process is busy or gone), takes it after all.
+unevenly (the benchmark's 16 split 10/6, 12/4 or 13/3 as often as 8/8), and one process
+saturates a core while the other idles. Instead every process accepts from the same
+listening socket, one connection at a time, and a process holding more connections than
+another leaves the next one to it: it stops watching the socket for a moment and, if the
+connection is still waiting after that (the other process is busy or gone), takes it
+after all.
 
 The counts live on a :class:`Board`: one 64-bit slot per process in a memfd the primary
 creates and every helper maps. A slot of -1 is a process that is not there.
