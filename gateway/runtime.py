@@ -532,11 +532,23 @@ async def serve(
     observers = _start_observers(runtime, config, primary)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_exception_handler)
+    # Signals first: once a port answers, a reload (SIGHUP) or a stop may come at once,
+    # and SIGHUP's default action would kill the gateway.
+    stop, hangup = asyncio.Event(), asyncio.Event()
+    helpers: SmtpHelpers | None = None
+
+    def on_hangup() -> None:
+        hangup.set()
+        if helpers is not None:
+            helpers.send(signal.SIGHUP)  # each reloads its own config, as this one does
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     stale = runtime.spool.recover() if primary else 0  # a helper would delete others' mail
     smtp_listeners = await _bind_smtp(runtime, config, helper)
     imap: ImapProxy | None = None
     password_page: PasswordPage | None = None
-    helpers: SmtpHelpers | None = None
     if primary:
         if config.imap is not None:
             imap = ImapProxy(runtime)
@@ -562,16 +574,6 @@ async def serve(
         runtime.events.emit(
             "gateway_start", reason=f"SMTP helper of PID {helper.primary}: listening on {smtp}"
         )
-    stop, hangup = asyncio.Event(), asyncio.Event()
-
-    def on_hangup() -> None:
-        hangup.set()
-        if helpers is not None:
-            helpers.send(signal.SIGHUP)  # each reloads its own config, as this one does
-
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     if helper is not None:
         report_ready(helper)  # from now on a SIGHUP reloads instead of killing
 

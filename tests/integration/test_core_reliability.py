@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import trustme
@@ -177,6 +178,19 @@ def test_a_recipient_named_twice_gets_one_copy(gateway: Gateway, sink: Sink) -> 
 
 
 # -- reloads --------------------------------------------------------------------------------
+
+
+def test_a_sighup_as_soon_as_the_ports_answer_reloads_instead_of_killing(
+    make_gateway: Callable[..., Gateway], sink: Sink
+) -> None:
+    """SIGHUP's default action is to exit: the handlers are in place before any port
+    answers (a reload sent right after start killed the gateway now and then)."""
+    for _ in range(5):
+        gateway = make_gateway(sink.url, sink.url).start()  # returns once the ports answer
+        gateway.signal(signal.SIGHUP)
+        gateway.wait_event("config_reloaded")
+        assert gateway.process is not None and gateway.process.poll() is None
+        assert gateway.stop() == 0
 
 
 def test_sighup_with_a_value_python_chokes_on_keeps_serving(gateway: Gateway, sink: Sink) -> None:
