@@ -16,6 +16,17 @@ from tests.integration.harness import render_toml
 from tests.unit.fakes import MINIMAL_CONFIG, FakeDeliverer, make_config
 
 
+def the_event(log_dir: Path, name: str) -> dict:
+    """The one event named ``name`` in ``log_dir`` (fails if there are none or several)."""
+    records = [
+        json.loads(line)
+        for path in log_dir.glob("events-*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    (record,) = [r for r in records if r["event"] == name]
+    return record
+
+
 async def test_reload_keeps_the_config_on_an_unexpected_exception(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -28,12 +39,7 @@ async def test_reload_keeps_the_config_on_an_unexpected_exception(
     monkeypatch.setattr(runtime_module, "load_config", explode)
     assert await runtime.reload() is False
     assert runtime.config is config
-    records = [
-        json.loads(line)
-        for path in config.log.dir.glob("events-*.jsonl")
-        for line in path.read_text().splitlines()
-    ]
-    (rejected,) = [r for r in records if r["event"] == "config_rejected"]
+    rejected = the_event(config.log.dir, "config_rejected")
     assert rejected["reason"] == "ValueError: embedded null byte"
     await runtime.close()
 
@@ -93,12 +99,7 @@ async def test_a_reload_takes_new_argon2_parameters_and_cache_limits(tmp_path: P
     assert runtime.directory.hasher is auth.hasher, "new passwords are hashed the new way"
     assert (auth.cache.ttl, auth.cache.size) == (60, 10)
     assert auth.workers == workers  # the pool keeps its size until a restart, and says so
-    records = [
-        json.loads(line)
-        for path in runtime.config.log.dir.glob("events-*.jsonl")
-        for line in path.read_text().splitlines()
-    ]
-    (reloaded,) = [r for r in records if r["event"] == "config_reloaded"]
+    reloaded = the_event(runtime.config.log.dir, "config_reloaded")
     assert "auth.hash_workers" in reloaded["reason"]
     await runtime.close()
 
@@ -121,11 +122,6 @@ async def test_two_processes_each_enforce_half_the_limits_across_a_reload(
     config.path.write_text(render_toml(sections))
     assert await runtime.reload() is True
     assert runtime.connections.total == 50, "still 2 processes until a restart"
-    records = [
-        json.loads(line)
-        for path in runtime.config.log.dir.glob("events-*.jsonl")
-        for line in path.read_text().splitlines()
-    ]
-    (reloaded,) = [r for r in records if r["event"] == "config_reloaded"]
+    reloaded = the_event(runtime.config.log.dir, "config_reloaded")
     assert "smtp.processes" in reloaded["reason"]
     await runtime.close()
