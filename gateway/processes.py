@@ -212,10 +212,10 @@ class SmtpHelpers:
         config_path: Path,
         count: int,
         events: EventLog,
+        board: Board,
+        sockets: dict[str, int],
         inherit_fds: tuple[int, ...] = (),
         exited: Callable[[int], None] | None = None,
-        board: Board | None = None,
-        sockets: dict[str, int] | None = None,
     ) -> None:
         self.config_path = config_path
         self.count = count
@@ -223,7 +223,7 @@ class SmtpHelpers:
         self.inherit_fds = inherit_fds
         self.exited = exited  # told each helper's PID once it is gone (metrics)
         self.board = board  # slot k+1 is the helper of slot k (the primary's is 0)
-        self.sockets = sockets or {}  # the shared listening sockets, by listener key
+        self.sockets = sockets  # the shared listening sockets, by listener key
         self._running: dict[int, asyncio.subprocess.Process] = {}  # slot -> process
         self._ready: set[int] = set()  # PIDs whose signal handlers are in place
         self._hangup_pending: set[int] = set()  # PIDs to get SIGHUP once ready
@@ -263,8 +263,7 @@ class SmtpHelpers:
                 self._hangup_pending.discard(process.pid)
                 if self.exited is not None:
                     self.exited(process.pid)
-                if self.board is not None:
-                    self.board.set(slot + 1, ABSENT)  # no connection waits for it now
+                self.board.set(slot + 1, ABSENT)  # no connection waits for it now
                 if self._stopping.is_set():
                     return
                 why = f"SMTP helper PID {process.pid} exited ({_status(code)}); starting another"
@@ -280,9 +279,10 @@ class SmtpHelpers:
         """A new helper, and the read end of the pipe on which it reports ready."""
         primary, libc = os.getpid(), self._libc
         ready_read, ready_write = os.pipe()
-        board_fd = self.board.fd if self.board is not None else -1
-        mark = HelperMark(primary, ready_write, self.count + 1, board_fd, slot + 1, self.sockets)
-        shared = (board_fd, *self.sockets.values()) if self.board is not None else ()
+        mark = HelperMark(
+            primary, ready_write, self.count + 1, self.board.fd, slot + 1, self.sockets
+        )
+        shared = (self.board.fd, *self.sockets.values())
         try:
             process = await asyncio.create_subprocess_exec(
                 *helper_command(self.config_path),

@@ -560,9 +560,10 @@ async def serve(
         if runtime.processes > 1:
             inherit = (lock_fd,) if lock_fd is not None else ()
             gone = runtime.metrics.process_gone if runtime.metrics is not None else None
+            assert smtp_listeners.board is not None  # processes > 1 share a board
             helpers = SmtpHelpers(
-                config.path, runtime.processes - 1, runtime.events, inherit, exited=gone,
-                board=smtp_listeners.board, sockets=smtp_listeners.sockets,
+                config.path, runtime.processes - 1, runtime.events,
+                smtp_listeners.board, smtp_listeners.sockets, inherit, exited=gone,
             )  # fmt: skip
         runtime.events.emit(
             "gateway_start",
