@@ -74,16 +74,28 @@ def wait_helpers(gateway: Gateway, starts: int) -> list[psutil.Process]:
     return running
 
 
-def serving_pids(gateway: Gateway, port: int) -> set[int]:
-    """The serve processes that hold an established connection on ``port``."""
+def held_by_process(gateway: Gateway, port: int) -> dict[int, int]:
+    """Established connections on ``port`` held by each serve process, by PID."""
     assert gateway.process is not None
     processes = [psutil.Process(gateway.process.pid), *helpers(gateway)]
     return {
-        p.pid
+        p.pid: sum(
+            1
+            for c in p.net_connections(kind="tcp")
+            if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
+        )
         for p in processes
-        for c in p.net_connections(kind="tcp")
-        if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
     }
+
+
+def serving_pids(gateway: Gateway, port: int) -> set[int]:
+    """The serve processes that hold an established connection on ``port``."""
+    return {pid for pid, held in held_by_process(gateway, port).items() if held}
+
+
+def connections_by_process(gateway: Gateway, port: int) -> list[int]:
+    """Established connections on ``port`` per serve process, largest first."""
+    return sorted(held_by_process(gateway, port).values(), reverse=True)
 
 
 def note(number: int) -> bytes:
@@ -117,23 +129,6 @@ def test_two_processes_share_the_inbound_listener_and_deliver_each_message_once(
     queue_ids = [e["queue_id"] for e in gateway.events("message_accepted")]
     assert len(queue_ids) == total == len(set(queue_ids))
     assert {len(q) for q in queue_ids} == {27}, "each process's ids carry its PID"
-
-
-def connections_by_process(gateway: Gateway, port: int) -> list[int]:
-    """Established connections on ``port`` per serve process, largest first."""
-    assert gateway.process is not None
-    processes = [psutil.Process(gateway.process.pid), *helpers(gateway)]
-    return sorted(
-        (
-            sum(
-                1
-                for c in p.net_connections(kind="tcp")
-                if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
-            )
-            for p in processes
-        ),
-        reverse=True,
-    )
 
 
 def test_a_burst_of_long_connections_is_spread_evenly(
@@ -229,11 +224,7 @@ def test_metrics_sum_every_process(make_gateway: Callable[..., Gateway], sink: S
         gateway.wait_events("delivered", CONNECTIONS)
         wait_until(lambda: scrape(port).get(accepted) == CONNECTIONS)
         [helper] = helpers(gateway)
-        held = sum(
-            1
-            for c in helper.net_connections(kind="tcp")
-            if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == gateway.inbound_port
-        )
+        held = held_by_process(gateway, gateway.inbound_port)[helper.pid]
         assert 0 < held < CONNECTIONS
         helper.kill()
         helper.wait(10)
